@@ -1,0 +1,74 @@
+"""The seam between the engine and a store: a backend speaks one protocol for one scheme.
+
+A backend does single requests only. Splitting, coalescing, concurrency limits and
+retries live in the engine (``aisio._engine``), so every backend gets them for free.
+A backend maps its store's failures to ``aisio.errors`` (or leaves transport errors,
+``OSError`` and ``TimeoutError``, for the engine to classify as transient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from .._types import ObjectInfo
+from .._url import Location
+
+__all__ = ["Backend", "Body", "Upload"]
+
+
+class Body(Protocol):
+    """The body of one GET, read once, front to back."""
+
+    async def readinto(self, view: memoryview) -> int:
+        """Fill up to ``len(view)`` bytes; 0 means the body ended."""
+
+    async def aclose(self) -> None:
+        """Release the connection (closed, not reused, if the body was not read to the end)."""
+
+
+class Upload(Protocol):
+    """A multipart upload in progress; parts may be uploaded concurrently, in any order."""
+
+    async def upload_part(self, number: int, data: memoryview) -> None:
+        """Upload part ``number`` (1-based)."""
+
+    async def complete(self) -> ObjectInfo:
+        """Make the object visible, made of all parts in order."""
+
+    async def abort(self) -> None:
+        """Discard every part; no object becomes visible. Safe to call twice."""
+
+
+class Backend(Protocol):
+    """One store reached by one scheme (``s3``, ``ais``, ``file``)."""
+
+    min_part_size: int
+    """Smallest part a multipart upload accepts (but the last); 0 if any size goes."""
+
+    async def head(self, loc: Location) -> ObjectInfo:
+        """Size, etag and times of one object; ObjectNotFoundError if missing."""
+
+    def list(self, loc: Location, *, recursive: bool = True) -> AsyncIterator[ObjectInfo]:
+        """Objects under a prefix, page by page, sizes included, in key order."""
+
+    async def open_body(
+        self, loc: Location, start: int, end: int | None, *, etag: str | None = None
+    ) -> Body:
+        """Start a GET of bytes [start, end) (to the end if None).
+
+        With ``etag`` the store must refuse (ObjectChangedError) if the object's etag
+        differs, so a read that spans several requests never mixes two versions.
+        """
+
+    async def put(self, loc: Location, data: memoryview) -> ObjectInfo:
+        """Write a whole object in one request."""
+
+    async def create_upload(self, loc: Location) -> Upload:
+        """Begin a multipart upload of ``loc``."""
+
+    async def delete(self, loc: Location) -> None:
+        """Remove one object; ObjectNotFoundError if it is missing."""
+
+    async def aclose(self) -> None:
+        """Close connections and sessions."""

@@ -1,0 +1,113 @@
+"""Object URLs: parsing ``s3://``, ``ais://``, ``file://`` and plain paths, and redaction."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from .errors import InvalidURLError
+
+__all__ = ["Location", "parse_url", "redact"]
+
+SCHEMES = ("s3", "ais", "file")
+# S3 bucket names and AIS bucket names share this shape closely enough; AIS allows '_'.
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+# AIS buckets that front other providers: ais://@remote#ns/bucket or the provider prefix
+_AIS_PROVIDERS = {"ais": "ais", "aws": "aws", "s3": "aws", "gcp": "gcp", "gs": "gcp", "azure": "azure", "az": "azure", "oci": "oci", "ht": "ht"}
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed object URL: ``scheme://bucket/key``; for files, bucket is '' and key the path.
+
+    ``provider`` is the AIS backend provider (``ais``, ``aws``, ``gcp``, ...); it is
+    ``ais`` for native AIS buckets and unused by the other schemes.
+    """
+
+    scheme: str
+    bucket: str
+    key: str
+    provider: str = "ais"
+
+    @property
+    def url(self) -> str:
+        if self.scheme == "file":
+            return "file://" + self.key
+        if self.scheme == "ais" and self.provider != "ais":
+            return f"ais://{self.bucket}/{self.key}?provider={self.provider}"
+        return f"{self.scheme}://{self.bucket}/{self.key}"
+
+    @property
+    def is_prefix(self) -> bool:
+        """A prefix ends in '/' or is a bare bucket."""
+        return self.key == "" or self.key.endswith("/")
+
+    def child(self, key: str) -> Location:
+        """The location of ``key`` in the same bucket (key is absolute within the bucket)."""
+        return Location(self.scheme, self.bucket, key, self.provider)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def parse_url(url: object) -> Location:
+    """Parse an object URL or a local path; raise InvalidURLError naming it if it is not one."""
+    if isinstance(url, Location):
+        return url
+    if isinstance(url, os.PathLike):
+        url = os.fspath(url)
+    if not isinstance(url, str):
+        get_path = getattr(url, "get_path", None)  # aistore SDK objects and buckets
+        if callable(get_path):
+            url = str(get_path())
+        else:
+            raise InvalidURLError(f"not an object URL: {type(url).__name__} object", url=None)
+    assert isinstance(url, str)
+    if not url or "\x00" in url:
+        raise InvalidURLError(f"empty or NUL-containing URL: {redact(url)!r}", url=redact(url))
+    if "://" not in url:
+        return Location("file", "", os.path.abspath(os.path.expanduser(url)) + ("/" if url.endswith("/") else ""))
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == "file":
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidURLError(f"file URL must be absolute (file:///path): {redact(url)}", url=redact(url))
+        path = unquote(parts.path)
+        if not path.startswith("/"):
+            raise InvalidURLError(f"file URL must be absolute: {redact(url)}", url=redact(url))
+        return Location("file", "", os.path.normpath(path) + ("/" if path.endswith("/") and path != "/" else ""))
+    if scheme == "gs":
+        scheme = "gcp"
+    if scheme not in SCHEMES and scheme not in _AIS_PROVIDERS:
+        raise InvalidURLError(f"unsupported URL scheme {scheme!r} in {redact(url)} (use s3://, ais:// or file://)", url=redact(url))
+    provider = "ais"
+    if scheme == "ais" and "?" in rest:
+        rest, _, query = rest.partition("?")
+        for pair in query.split("&"):
+            name, _, value = pair.partition("=")
+            if name == "provider" and value in _AIS_PROVIDERS:
+                provider = _AIS_PROVIDERS[value]
+            elif name:
+                raise InvalidURLError(f"unknown query parameter {name!r} in {redact(url)}", url=redact(url))
+    elif scheme not in SCHEMES:
+        # aistore SDK style paths: aws://bucket/obj, gcp://... are AIS buckets of that provider
+        provider, scheme = _AIS_PROVIDERS[scheme], "ais"
+    bucket, _, key = rest.partition("/")
+    if not bucket or not _BUCKET.match(bucket) or (scheme == "s3" and "_" in bucket):
+        raise InvalidURLError(f"invalid bucket name {bucket!r} in {redact(url)}", url=redact(url))
+    return Location(scheme, bucket, key, provider)
+
+
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&](?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|Expires|token|sig|se|sp|sv)=)[^&#\s]*"
+)
+_USERINFO = re.compile(r"(://)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """Strip signatures, credentials and tokens from a URL or message."""
+    text = _USERINFO.sub(r"\1", text)
+    return _SECRET_QUERY.sub(r"\1REDACTED", text)
