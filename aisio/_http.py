@@ -1,0 +1,800 @@
+"""HTTP/1.1 connection pool for data-path requests: response bodies land in the caller's buffer.
+
+The socket is read by an ``asyncio.BufferedProtocol`` whose ``get_buffer()`` hands the
+transport a slice of the memoryview given to ``Response.readinto``, so the kernel (or the
+TLS layer) copies body bytes straight into it. Only the status line, headers, chunk-size
+lines, and body bytes that arrive in the same packet as those, pass through a small
+per-connection buffer. Reading is paused whenever no caller buffer is waiting, so a slow
+consumer holds no more than that buffer (and the socket's) per connection.
+
+Errors: transport failures are ``OSError`` (``ConnectError``, ``ServerDisconnectedError``,
+``TimeoutError``), which the engine retries; a malformed response or an untrusted TLS
+certificate is ``aisio.errors.RequestError``. No message contains a URL's query string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._url import redact
+from .errors import ClosedError, InvalidURLError, RequestError
+
+__all__ = [
+    "ConnectError",
+    "HTTPPool",
+    "Headers",
+    "PoolStats",
+    "Response",
+    "ServerDisconnectedError",
+]
+
+_SPILL = 64 * 1024  # head, chunk lines and the body bytes that come with them; max head size
+_READ_CHUNK = 256 * 1024  # read() of a body of unknown length, piece by piece
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CTL = re.compile(r"[\r\n\x00]")
+_DIGITS = re.compile(r"[0-9]+")
+_HEX = re.compile(r"[0-9A-Fa-f]+")
+
+# How the end of a body is found.
+_NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
+
+
+class ConnectError(ConnectionError):
+    """The TCP or TLS connection to the server could not be made."""
+
+
+class ServerDisconnectedError(ConnectionError):
+    """The connection closed or reset before the response was complete."""
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Counters of an HTTPPool: connections opened and reused, and idle now."""
+
+    opened: int
+    reused: int
+    idle: int
+
+
+class Headers(Mapping[str, str]):
+    """Response headers; lookup ignores case; repeated fields are joined with ', '."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self._fields = fields  # lower-case names
+
+    def __getitem__(self, name: str) -> str:
+        return self._fields[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
+class _Conn(asyncio.BufferedProtocol):
+    """One connection; the transport reads into ``_target`` when a caller waits, else ``_buf``."""
+
+    __slots__ = (
+        "_buf",
+        "_end",
+        "_exc",
+        "_filled",
+        "_last",
+        "_loop",
+        "_mv",
+        "_paused",
+        "_pos",
+        "_target",
+        "_timeout",
+        "_timer",
+        "_waiter",
+        "_want",
+        "_write_waiter",
+        "closed",
+        "eof",
+        "received",
+        "transport",
+        "where",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float, where: str) -> None:
+        self._loop = loop
+        self._timeout = read_timeout
+        self._buf = bytearray(_SPILL)
+        self._mv = memoryview(self._buf)
+        self._pos = 0  # unread bytes of _buf are [_pos, _end)
+        self._end = 0
+        self._target: memoryview | None = None
+        self._filled = 0
+        self._want = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._paused = False
+        self._exc: BaseException | None = None
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.eof = False
+        self.received = 0  # bytes received since the current request was sent
+        self.where = where  # scheme://host:port/path of the current request, for messages
+
+    # -- asyncio callbacks: keep these lean, they run once per socket read --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        target = self._target
+        if target is not None:
+            return target[self._filled :]
+        if self._pos == self._end:
+            self._pos = self._end = 0
+        elif self._end == _SPILL:
+            n = self._end - self._pos
+            self._buf[:n] = self._buf[self._pos : self._end]
+            self._pos, self._end = 0, n
+        return self._mv[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += nbytes
+        self._last = self._loop.time()
+        if self._target is not None:
+            self._filled += nbytes
+            if self._filled < self._want:
+                return
+            self._target = None
+        else:
+            self._end += nbytes
+        # Nobody else has a buffer ready: stop reading until the next wait.
+        self._paused = True
+        assert self.transport is not None
+        self.transport.pause_reading()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._exc = exc
+        self._wake()
+        writer = self._write_waiter
+        if writer is not None and not writer.done():
+            writer.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_waiter = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        writer, self._write_waiter = self._write_waiter, None
+        if writer is not None and not writer.done():
+            writer.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_timer(self) -> None:
+        """Fail the wait if no byte came for read_timeout, else look again when it could."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        due = self._last + self._timeout
+        if self._loop.time() < due - 1e-3:
+            self._timer = self._loop.call_at(due, self._on_timer)
+            return
+        msg = f"no data from {self.where} for {self._timeout:g} s"
+        waiter.set_exception(TimeoutError(msg))
+
+    # -- used by the pool and the response --
+
+    async def _wait(self) -> None:
+        """Read until buffer_updated or EOF wakes us; TimeoutError after read_timeout idle."""
+        loop = self._loop
+        self._waiter = waiter = loop.create_future()
+        if self._paused:
+            self._paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        self._last = loop.time()
+        self._timer = loop.call_at(self._last + self._timeout, self._on_timer)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # retrieved, even if we were cancelled meanwhile
+
+    async def read_into(self, view: memoryview) -> int:
+        """Fill ``view``: buffered bytes first, then straight from the socket; short only at EOF."""
+        want = len(view)
+        n = self._end - self._pos
+        if n:
+            if n > want:
+                n = want
+            pos = self._pos
+            view[:n] = self._mv[pos : pos + n]
+            self._pos = pos + n
+            if n == want:
+                return n
+        if self.eof:
+            return n
+        self._target = view
+        self._filled = n
+        self._want = want
+        try:
+            await self._wait()
+        finally:
+            self._target = None
+        return self._filled
+
+    async def read_until(self, sep: bytes) -> bytes:
+        """Bytes up to ``sep`` (consumed, not returned); a head or a line, at most _SPILL bytes."""
+        scanned = 0
+        while True:
+            i = self._buf.find(sep, self._pos + scanned, self._end)
+            if i >= 0:
+                data = bytes(self._mv[self._pos : i])
+                self._pos = i + len(sep)
+                return data
+            if self._end - self._pos >= _SPILL:
+                raise RequestError(
+                    f"malformed response from {self.where}: head or line over {_SPILL} bytes",
+                    url=self.where,
+                )
+            if self.eof:
+                raise self.disconnected("before the response head was complete")
+            scanned = max(self._end - self._pos - len(sep) + 1, 0)
+            await self._wait()
+
+    def disconnected(self, when: str) -> ServerDisconnectedError:
+        """The error for a connection that ended too soon, with the transport's cause."""
+        cause = f": {self._exc}" if self._exc is not None else ""
+        err = ServerDisconnectedError(f"connection to {self.where} closed {when}{cause}")
+        err.__cause__ = self._exc
+        return err
+
+    def send(self, head: bytes, body: bytes | memoryview | None) -> None:
+        """Queue a request on the transport; a closed transport shows up as EOF on read."""
+        self.received = 0
+        assert self.transport is not None
+        self.transport.write(head)
+        if body:
+            self.transport.write(body)
+
+    async def drain(self) -> None:
+        """Wait until the transport has room again (large PUT bodies)."""
+        writer = self._write_waiter
+        if writer is None or self._exc is not None or self.eof:
+            return
+        try:
+            await asyncio.wait_for(writer, self._timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"sending to {self.where} stalled for {self._timeout:g} s") from None
+
+    def reusable(self) -> bool:
+        """True if the connection is open, quiet and has no unread bytes."""
+        transport = self.transport
+        return (
+            not self.eof
+            and self._pos == self._end
+            and transport is not None
+            and not transport.is_closing()
+        )
+
+    def park(self) -> None:
+        """Keep reading while idle in the pool, so a server's close is noticed early."""
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Close now; nothing is written into a caller's buffer after this."""
+        self._target = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+@dataclass
+class _Host:
+    """The connections to one (scheme, host, port): a bound on how many, and the idle ones."""
+
+    slots: asyncio.Semaphore
+    idle: list[_Conn]
+
+
+class Response:
+    """A response whose body is read once, front to back; satisfies the ``Body`` protocol.
+
+    ``readinto`` fills the whole view unless the body ends first. When it fails after
+    filling part of a view it returns that part, and raises on the next call, so the
+    engine can resume from exactly the bytes it has.
+    """
+
+    __slots__ = (
+        "_chunk_left",
+        "_conn",
+        "_done",
+        "_error",
+        "_keep",
+        "_left",
+        "_mode",
+        "_pool",
+        "_progress",
+        "content_length",
+        "headers",
+        "reason",
+        "status",
+        "url",
+    )
+
+    def __init__(
+        self,
+        pool: HTTPPool,
+        conn: _Conn,
+        status: int,
+        reason: str,
+        headers: Headers,
+        content_length: int | None,
+        mode: int,
+        keep_alive: bool,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content_length = content_length
+        self.url = conn.where  # redacted: scheme://host:port/path
+        self._pool = pool
+        self._conn: _Conn | None = conn
+        self._mode = mode
+        self._keep = keep_alive
+        self._left = (content_length or 0) if mode == _LENGTH else 0
+        self._chunk_left = -1  # -1: the first chunk-size line is still to come
+        self._done = False
+        self._error: BaseException | None = None
+        self._progress = 0
+        if mode == _NONE or (mode == _LENGTH and self._left == 0):
+            self._finish()
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason} {self.url}>"
+
+    async def __aenter__(self) -> Response:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` with the next body bytes; fewer only at the end of the body, 0 after."""
+        if type(view) is not memoryview or view.format != "B" or view.ndim != 1:
+            view = _byte_view(view)
+        conn = self._conn
+        if conn is None or self._mode != _LENGTH:
+            return await self._readinto_other(view)
+        left = self._left
+        if len(view) > left:
+            view = view[:left]
+        try:
+            n = await conn.read_into(view)
+        except BaseException:
+            self._abort()
+            raise
+        self._left = left = left - n
+        if n == len(view):
+            if not left:
+                self._finish()
+            return n
+        got = (self.content_length or 0) - left
+        err = conn.disconnected(f"after {got} of {self.content_length} body bytes")
+        return self._fail(err, n)
+
+    async def read(self) -> bytes:
+        """The rest of the body as bytes (for small bodies: errors, listings, whole objects)."""
+        if self._conn is not None and self._mode == _LENGTH:
+            buf = bytearray(self._left)
+            view = memoryview(buf)
+            got = 0
+            while got < len(buf):
+                n = await self.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            return bytes(view[:got])
+        pieces = []
+        buf = bytearray(_READ_CHUNK)
+        while n := await self.readinto(memoryview(buf)):
+            pieces.append(bytes(buf[:n]))
+        return b"".join(pieces)
+
+    async def aclose(self) -> None:
+        """Release the connection: back to the pool if the body was read to the end, else closed."""
+        self._abort()
+
+    # -- internals --
+
+    def _finish(self) -> None:
+        self._done = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool._release(conn, self._keep)
+
+    def _abort(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool._release(conn, False)
+
+    def _fail(self, err: BaseException, n: int) -> int:
+        """Close the connection; return the bytes of this call if any, raise now otherwise."""
+        self._abort()
+        if n:
+            self._error = err
+            return n
+        raise err
+
+    async def _readinto_other(self, view: memoryview) -> int:
+        """The slow paths: done, closed, failed, chunked or read-until-close bodies."""
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        if self._done:
+            return 0
+        if self._conn is None:
+            raise ClosedError(f"response from {self.url} is closed", url=self.url)
+        self._progress = 0
+        try:
+            if self._mode == _CHUNKED:
+                return await self._read_chunked(view)
+            return await self._read_until_close(view)
+        except (OSError, RequestError) as exc:
+            return self._fail(exc, self._progress)
+        except BaseException:
+            self._abort()
+            raise
+
+    async def _read_until_close(self, view: memoryview) -> int:
+        conn = self._conn
+        assert conn is not None
+        n = await conn.read_into(view)
+        if n < len(view):
+            if conn._exc is not None:
+                self._progress = n
+                raise conn.disconnected("in the middle of the body")
+            self._finish()
+        return n
+
+    async def _read_chunked(self, view: memoryview) -> int:
+        conn = self._conn
+        assert conn is not None
+        size = len(view)
+        while self._progress < size:
+            if self._chunk_left <= 0:
+                if self._chunk_left == 0 and await conn.read_until(b"\r\n"):
+                    raise RequestError(f"malformed chunk from {self.url}", url=self.url)
+                line = (await conn.read_until(b"\r\n")).split(b";", 1)[0].strip()
+                if not _HEX.fullmatch(line.decode("latin-1")):
+                    raise RequestError(f"malformed chunk size from {self.url}", url=self.url)
+                self._chunk_left = int(line, 16)
+                if not self._chunk_left:
+                    while await conn.read_until(b"\r\n"):  # trailer fields, ignored
+                        pass
+                    self._finish()
+                    break
+            done = self._progress
+            want = min(size - done, self._chunk_left)
+            n = await conn.read_into(view[done : done + want])
+            self._progress += n
+            self._chunk_left -= n
+            if n < want:
+                raise conn.disconnected("in the middle of a chunk")
+        return self._progress
+
+
+class HTTPPool:
+    """Keep-alive HTTP/1.1 connections per (scheme, host, port), reused last-in first-out."""
+
+    def __init__(
+        self,
+        *,
+        max_connections_per_host: int,
+        connect_timeout: float,
+        read_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if max_connections_per_host < 1:
+            raise ValueError("max_connections_per_host must be at least 1")
+        self._limit = max_connections_per_host
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._ssl_context = ssl_context
+        self._hosts: dict[tuple[str, str, int], _Host] = {}
+        self._conns: dict[_Conn, _Host] = {}
+        self._closed = False
+        self._opened = 0
+        self._reused = 0
+
+    async def __aenter__(self) -> HTTPPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def stats(self) -> PoolStats:
+        """Connections opened and reused so far, and idle now."""
+        idle = sum(len(host.idle) for host in self._hosts.values())
+        return PoolStats(opened=self._opened, reused=self._reused, idle=idle)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | memoryview | None = None,
+    ) -> Response:
+        """Send one request and read its head; the body is left for ``Response.readinto``.
+
+        The caller must read the body to the end or ``aclose()`` the response: until then
+        it holds one of the host's connections.
+        """
+        if self._closed:
+            raise ClosedError("the HTTP pool is closed")
+        scheme, host, port, authority, target, where = _split_url(url)
+        head = _request_head(method, authority, target, headers, body)
+        key = (scheme, host, port)
+        pool = self._hosts.get(key)
+        if pool is None:
+            pool = self._hosts[key] = _Host(asyncio.Semaphore(self._limit), [])
+        retried = False
+        while True:
+            await pool.slots.acquire()
+            conn = None
+            reused = False
+            try:
+                conn = self._checkout(pool)
+                if conn is None:
+                    conn = await self._connect(scheme, host, port, where)
+                    self._conns[conn] = pool
+                else:
+                    reused = True
+                conn.where = where
+                return await self._exchange(conn, method, head, body)
+            except BaseException as exc:
+                if conn is None:
+                    pool.slots.release()
+                else:
+                    self._release(conn, False)
+                stale = reused and conn is not None and not conn.received
+                if (
+                    retried
+                    or not stale
+                    or method not in _IDEMPOTENT
+                    or not isinstance(exc, ConnectionError)
+                ):
+                    raise
+                # The server closed an idle connection as we sent: its idle siblings are
+                # probably stale too; retry once on a fresh connection.
+                retried = True
+                while pool.idle:
+                    self._discard(pool.idle.pop())
+
+    async def aclose(self) -> None:
+        """Close every connection, idle or in use; in-flight reads fail. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        conns = list(self._conns)
+        self._conns.clear()
+        for host in self._hosts.values():
+            host.idle.clear()
+        for conn in conns:
+            conn.abort()
+        pending = [conn.closed for conn in conns if not conn.closed.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    # -- internals --
+
+    def _checkout(self, pool: _Host) -> _Conn | None:
+        while pool.idle:
+            conn = pool.idle.pop()
+            if conn.reusable():
+                self._reused += 1
+                return conn
+            self._discard(conn)
+        return None
+
+    def _release(self, conn: _Conn, keep: bool) -> None:
+        """Give a connection's slot back; park the connection if it can serve another request."""
+        pool = self._conns.get(conn)
+        if pool is None:  # the pool was closed meanwhile
+            conn.abort()
+            return
+        if keep and conn.reusable():
+            conn.park()
+            pool.idle.append(conn)
+        else:
+            self._discard(conn)
+        pool.slots.release()
+
+    def _discard(self, conn: _Conn) -> None:
+        self._conns.pop(conn, None)
+        conn.abort()
+
+    async def _connect(self, scheme: str, host: str, port: int, where: str) -> _Conn:
+        loop = asyncio.get_running_loop()
+        context = None
+        if scheme == "https":
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            context = self._ssl_context
+        origin = where.split("/", 3)
+        origin_text = "/".join(origin[:3])
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Conn(loop, self._read_timeout, where),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context else None,
+                ),
+                self._connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            msg = f"connecting to {origin_text} timed out after {self._connect_timeout:g} s"
+            raise TimeoutError(msg) from None
+        except ssl.SSLCertVerificationError as exc:
+            msg = f"TLS certificate of {origin_text} not trusted: {exc.verify_message}"
+            raise RequestError(msg, url=where) from exc
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {origin_text}: {exc}") from exc
+        self._opened += 1
+        return conn
+
+    async def _exchange(
+        self, conn: _Conn, method: str, head: bytes, body: bytes | memoryview | None
+    ) -> Response:
+        conn.send(head, body)
+        await conn.drain()
+        while True:
+            block = await conn.read_until(b"\r\n\r\n")
+            version, status, reason, headers = _parse_head(block, conn.where)
+            if not 100 <= status < 200:
+                break
+        keep = version == "HTTP/1.1"
+        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        if "close" in tokens:
+            keep = False
+        elif "keep-alive" in tokens:
+            keep = True
+        length = _content_length(headers, conn.where)
+        coding = headers.get("transfer-encoding")
+        if method == "HEAD" or status in (204, 304):
+            mode = _NONE
+        elif coding is not None:
+            mode = _CHUNKED if coding.rsplit(",", 1)[-1].strip().lower() == "chunked" else _CLOSE
+            keep = keep and mode == _CHUNKED and length is None
+        elif length is not None:
+            mode = _LENGTH
+        else:
+            mode, keep = _CLOSE, False
+        return Response(self, conn, status, reason, headers, length, mode, keep)
+
+
+def _byte_view(buffer: Any) -> memoryview:
+    """A writable, flat, unsigned-byte view of any buffer (bytearray, numpy, tensor memory)."""
+    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    if view.readonly:
+        raise TypeError("readinto needs a writable buffer")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _split_url(url: str) -> tuple[str, str, int, str, str, str]:
+    """scheme, host, port, Host header, request target, and the url without its query."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        host = parts.hostname
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise InvalidURLError(f"malformed URL: {redact(url)}", url=redact(url)) from None
+    if scheme not in ("http", "https") or not host:
+        raise InvalidURLError(f"not an http(s) URL: {redact(url)}", url=redact(url))
+    name = f"[{host}]" if ":" in host else host
+    default = 443 if scheme == "https" else 80
+    authority = name if port == default else f"{name}:{port}"
+    target = parts.path or "/"
+    if _CTL.search(target) or " " in target:
+        raise InvalidURLError(f"URL path with control characters: {redact(url)}", url=redact(url))
+    where = f"{scheme}://{authority}{target}"
+    if parts.query:
+        target = f"{target}?{parts.query}"
+    return scheme, host, port, authority, target, where
+
+
+def _request_head(
+    method: str,
+    authority: str,
+    target: str,
+    headers: Mapping[str, str] | None,
+    body: bytes | memoryview | None,
+) -> bytes:
+    """The request line and header block; Host and Content-Length added unless given."""
+    if not _TOKEN.fullmatch(method):
+        raise ValueError(f"invalid HTTP method {method!r}")
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    names = set()
+    for name, value in (headers or {}).items():
+        if not _TOKEN.fullmatch(name) or _CTL.search(value):
+            raise ValueError(f"invalid HTTP header {name!r}")  # never echo the value
+        names.add(name.lower())
+        lines.append(f"{name}: {value}\r\n")
+    if "host" not in names:
+        lines.insert(1, f"Host: {authority}\r\n")
+    if "content-length" not in names and "transfer-encoding" not in names:
+        if body is not None:
+            size = body.nbytes if isinstance(body, memoryview) else len(body)
+            lines.append(f"Content-Length: {size}\r\n")
+        elif method in ("PUT", "POST"):
+            lines.append("Content-Length: 0\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def _parse_head(block: bytes, where: str) -> tuple[str, int, str, Headers]:
+    """Version, status, reason and headers of a response head (without the blank line)."""
+    lines = block.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(code) or len(code) != 3:
+        msg = f"malformed status line from {where}: {lines[0][:60]!r}"
+        raise RequestError(msg, url=where)
+    fields: dict[str, str] = {}
+    last = ""
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if line[:1] in (" ", "\t") and last:  # obsolete line folding
+            fields[last] += " " + line.strip()
+            continue
+        if not sep or not _TOKEN.fullmatch(name):
+            raise RequestError(f"malformed header line from {where}: {line[:60]!r}", url=where)
+        last = name.lower()
+        value = value.strip(" \t")
+        fields[last] = f"{fields[last]}, {value}" if last in fields else value
+    return version, int(code), reason.strip(), Headers(fields)
+
+
+def _content_length(headers: Headers, where: str) -> int | None:
+    """Content-Length as an int; repeated equal values are accepted, anything else refused."""
+    raw = headers.get("content-length")
+    if raw is None:
+        return None
+    values = {v.strip() for v in raw.split(",")}
+    if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
+        raise RequestError(f"malformed Content-Length from {where}: {raw[:40]!r}", url=where)
+    return int(values.pop())
