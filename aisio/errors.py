@@ -85,9 +85,17 @@ class TransientError(AisioError):
 class RequestError(AisioError):
     """The store answered with an error that has no more specific class here."""
 
-    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, url=url)
         self.status = status
+        self.retry_after = retry_after
 
 
 class ClosedError(AisioError, ValueError):

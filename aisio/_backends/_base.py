@@ -18,7 +18,14 @@ __all__ = ["Backend", "Body", "Upload"]
 
 
 class Body(Protocol):
-    """The body of one GET, read once, front to back."""
+    """The body of one GET, read once, front to back.
+
+    ``object_size`` and ``etag`` describe the whole object (from Content-Range or
+    Content-Length, and ETag), so the first GET of a read also plans the rest of it.
+    """
+
+    object_size: int
+    etag: str | None
 
     async def readinto(self, view: memoryview) -> int:
         """Fill up to ``len(view)`` bytes; 0 means the body ended."""
@@ -30,8 +37,8 @@ class Body(Protocol):
 class Upload(Protocol):
     """A multipart upload in progress; parts may be uploaded concurrently, in any order."""
 
-    async def upload_part(self, number: int, data: memoryview) -> None:
-        """Upload part ``number`` (1-based)."""
+    async def upload_part(self, number: int, offset: int, data: memoryview) -> None:
+        """Upload part ``number`` (1-based) that starts at byte ``offset`` of the object."""
 
     async def complete(self) -> ObjectInfo:
         """Make the object visible, made of all parts in order."""

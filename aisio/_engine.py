@@ -1,0 +1,275 @@
+"""The fetch engine: bounded concurrency, large reads split into parts, retries that resume.
+
+Every GET of every reader goes through here, so each backend does single requests only.
+A failed GET is reopened at the first byte not yet received, pinned to the ETag of the
+first response, so a retried read never refetches bytes nor mixes object versions.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+
+from ._backends._base import Backend, Body
+from ._config import ClientConfig
+from ._planner import Span, coalesce, split
+from ._retry import RetryPolicy, is_transient, retry_after_of
+from ._url import Location, redact
+from .errors import ObjectChangedError, ObjectNotFoundError, RangeError, TransientError
+
+__all__ = ["Engine", "Statistics", "Stream"]
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Counters of one client since it opened: cheap observability for tests and tuning."""
+
+    requests: int = 0
+    retries: int = 0
+    bytes_received: int = 0
+
+
+class Engine:
+    """Runs the GETs of one client within ``max_concurrency`` and ``max_attempts``."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.policy = RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max)
+        self.limiter = anyio.CapacityLimiter(config.max_concurrency)
+        self._sleep = sleep
+        self._rand = rand
+        self._requests = self._retries = self._bytes = 0
+
+    def statistics(self) -> Statistics:
+        return Statistics(self._requests, self._retries, self._bytes)
+
+    def stream(
+        self, backend: Backend, loc: Location, start: int = 0, end: int | None = None,
+        *, etag: str | None = None,
+    ) -> Stream:
+        """A resumable GET of [start, end); opened on the first read."""
+        return Stream(self, backend, loc, start, end, etag)
+
+    async def read(
+        self, backend: Backend, loc: Location, start: int = 0, end: int | None = None,
+        *, into: memoryview | None = None, size: int | None = None, etag: str | None = None,
+    ) -> tuple[memoryview, int, str | None]:
+        """Read [start, end) of an object, its parts in parallel; returns (view, size, etag).
+
+        Without ``end`` the read goes to the end of the object. With ``into`` the bytes
+        land in that buffer and the read also stops at its end; otherwise a buffer of the
+        exact size is allocated once. Without ``size`` the first part's response headers
+        tell the size, so a small object costs one request and the other parts start
+        before the first one has arrived. ``end`` past the object is a RangeError.
+        """
+        if start < 0 or (end is not None and end < start):
+            raise RangeError(f"invalid range [{start}, {end}) for {loc.url}", url=loc.url)
+        part = self.config.part_size
+        try:
+            async with anyio.create_task_group() as tg:
+                probe: list[object] = []
+                first = 0
+                if size is None:
+                    first = part if end is None else min(part, end - start)
+                    if into is not None:
+                        first = min(first, len(into))
+                    if first == 0:
+                        return memoryview(b""), -1, etag
+                    stream = await tg.start(self._probe, backend, loc, start, start + first, etag, probe)
+                    size, etag = stream.object_size, stream.etag
+                if start > size or (end is not None and end > size):
+                    error = RangeError(
+                        f"range [{start}, {end if end is not None else ''}) is past the end of "
+                        f"{loc.url} ({size} bytes)", url=loc.url)
+                    total = 0
+                else:
+                    error = None
+                    total = (size if end is None else end) - start
+                    if into is not None:
+                        total = min(total, len(into))
+                view = into[:total] if into is not None else memoryview(bytearray(total))
+                if probe:
+                    first = min(first, total)
+                    probe.append(view[:first])
+                    assert isinstance(probe[0], anyio.Event)
+                    probe[0].set()
+                for a, b in split(first, total, part):
+                    tg.start_soon(self._fill, backend, loc, view[a:b], start + a, etag)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        if error is not None:
+            raise error
+        return view, size, etag
+
+    async def read_spans(
+        self, backend: Backend, loc: Location, ranges: Sequence[tuple[int, int]],
+        max_gap: float, *, etag: str | None = None,
+    ) -> list[memoryview]:
+        """Fetch many ranges with few GETs: one view per range, in the order given."""
+        for s, e in ranges:
+            if s < 0 or e < s:
+                raise RangeError(f"invalid range [{s}, {e}) for {loc.url}", url=loc.url)
+        out: list[memoryview] = [memoryview(b"")] * len(ranges)
+
+        async def fetch(span: Span) -> None:
+            view, _, _ = await self.read(backend, loc, span.start, span.end, etag=etag)
+            for i in span.members:
+                s, e = ranges[i]
+                out[i] = view[s - span.start:e - span.start]
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for span in coalesce(ranges, max_gap):
+                    if span.size:
+                        tg.start_soon(fetch, span)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        return out
+
+    async def _probe(
+        self, backend: Backend, loc: Location, start: int, end: int, etag: str | None,
+        probe: list[object], *, task_status: anyio.abc.TaskStatus[Stream],
+    ) -> None:
+        """Open the first part, report the object's size, then fill the view it is given."""
+        ready = anyio.Event()
+        probe.append(ready)
+        async with self.limiter:
+            stream = Stream(self, backend, loc, start, end, etag)
+            try:
+                try:
+                    await stream.open()
+                except RangeError:
+                    # the range starts at or past the end: learn the size to tell which
+                    stream.object_size = (await backend.head(loc)).size
+                    stream.end = stream.object_size
+                task_status.started(stream)
+                await ready.wait()
+                view = probe[1]
+                assert isinstance(view, memoryview)
+                await stream.fill(view)
+            finally:
+                await stream.aclose()
+
+    async def _fill(
+        self, backend: Backend, loc: Location, view: memoryview, start: int, etag: str | None,
+    ) -> None:
+        """Fill ``view`` exactly with one part, holding one concurrency slot."""
+        async with self.limiter:
+            stream = Stream(self, backend, loc, start, start + len(view), etag)
+            try:
+                got = await stream.fill(view)
+            finally:
+                await stream.aclose()
+        if got < len(view):
+            raise ObjectChangedError(
+                f"{loc.url} is shorter than when the read began", url=loc.url)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that failed a task group, unwrapped, so callers see aisio errors."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return exc
+    return group.exceptions[0]
+
+
+class Stream:
+    """One GET body that reopens at the next unread byte after a transient failure.
+
+    Pinned to the ETag of its first response, so a resumed read cannot mix versions.
+    ``max_attempts`` counts consecutive failures; progress in between resets it.
+    """
+
+    def __init__(
+        self, engine: Engine, backend: Backend, loc: Location, start: int,
+        end: int | None, etag: str | None,
+    ) -> None:
+        self._engine, self._backend, self.loc = engine, backend, loc
+        self.position, self.end, self.etag = start, end, etag
+        self.object_size = -1
+        self._body: Body | None = None
+        self._failures = 0
+
+    async def open(self) -> None:
+        """Send the request now (reads do it lazily) to learn the size and etag."""
+        await self.readinto(memoryview(b""))
+
+    async def fill(self, view: memoryview) -> int:
+        """Read until ``view`` is full or the range ends; returns the bytes written."""
+        got = 0
+        while got < len(view):
+            n = await self.readinto(view[got:])
+            if n == 0:
+                break
+            got += n
+        return got
+
+    async def readinto(self, view: memoryview) -> int:
+        """Read up to ``len(view)`` bytes; 0 at the end of the range (or for an empty view)."""
+        engine = self._engine
+        if self.end is not None and self.position >= self.end:
+            return 0
+        if self.end is not None and len(view) > self.end - self.position:
+            view = view[: self.end - self.position]
+        while True:
+            try:
+                if self._body is None:
+                    engine._requests += 1
+                    self._body = await self._backend.open_body(
+                        self.loc, self.position, self.end, etag=self.etag)
+                    self.object_size = self._body.object_size
+                    if self.etag is None:
+                        self.etag = self._body.etag
+                    if self.end is None or self.end > self.object_size:
+                        self.end = self.object_size
+                    if self.position >= self.end:
+                        return 0
+                if not view:
+                    return 0
+                n = await self._body.readinto(view)
+                if n == 0 and self.position < self.end:
+                    raise ConnectionError(
+                        f"body of {self.loc.url} ended early at byte {self.position}")
+            except Exception as exc:
+                await self._drop()
+                if isinstance(exc, ObjectNotFoundError) and self.etag is not None:
+                    raise  # the object vanished mid-read: no retry can help
+                self._failures += 1
+                if not is_transient(exc):
+                    raise
+                if self._failures >= engine.policy.max_attempts:
+                    raise TransientError(
+                        f"{self.loc.url}: gave up after {self._failures} attempts: "
+                        f"{redact(str(exc)) or type(exc).__name__}",
+                        url=self.loc.url, attempts=self._failures) from exc
+                engine._retries += 1
+                await engine._sleep(engine.policy.delay(
+                    self._failures, retry_after_of(exc), engine._rand))
+                continue
+            self._failures = 0
+            self.position += n
+            engine._bytes += n
+            if n == 0 or self.position >= self.end:
+                await self._drop()
+            return n
+
+    async def _drop(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            with anyio.CancelScope(shield=True):
+                await body.aclose()
+
+    async def aclose(self) -> None:
+        await self._drop()

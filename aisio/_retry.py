@@ -1,0 +1,86 @@
+"""Retry policy: which failures are transient, and how long to wait (pure; the loop sleeps).
+
+The one place that decides retryability; error classes say what happened, not whether
+to try again.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ._url import redact
+from .errors import RequestError
+
+__all__ = ["RETRYABLE_STATUS", "RetryPolicy", "is_transient", "retry_after_of", "retrying"]
+
+T = TypeVar("T")
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures a retry may cure: resets, timeouts, throttling, 5xx."""
+    if isinstance(exc, RequestError):
+        return exc.status in RETRYABLE_STATUS
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError):
+        return not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError))
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - httpx is a dependency
+        return False
+    return isinstance(exc, httpx.TransportError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Full-jitter exponential backoff, capped, and at least what Retry-After asks."""
+
+    max_attempts: int = 5
+    base: float = 0.1
+    cap: float = 20.0
+
+    def delay(self, attempt: int, retry_after: float | None = None,
+              rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before try number ``attempt + 1`` (``attempt`` >= 1 tries done)."""
+        backoff = rand() * min(self.cap, self.base * 2 ** (attempt - 1))
+        if retry_after is not None:
+            return max(backoff, min(retry_after, self.cap))
+        return backoff
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """The server's Retry-After, in seconds, if the error carries one."""
+    value = getattr(exc, "retry_after", None)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+async def retrying(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    url: str,
+    sleep: Callable[[float], Awaitable[None]],
+) -> T:
+    """Await ``fn()`` until it succeeds, fails for good, or ``policy.max_attempts`` run out."""
+    from .errors import TransientError
+
+    attempt = 0
+    while True:
+        try:
+            return await fn()
+        except Exception as exc:
+            attempt += 1
+            if not is_transient(exc):
+                raise
+            if attempt >= policy.max_attempts:
+                raise TransientError(
+                    f"{url}: gave up after {attempt} attempts: {redact(str(exc)) or type(exc).__name__}",
+                    url=url, attempts=attempt) from exc
+            await sleep(policy.delay(attempt, retry_after_of(exc)))
