@@ -182,7 +182,8 @@ class _Store:
     def touch(self, meta: _Meta) -> None:
         meta.atime_ns = time.time_ns()
 
-    def write(self, provider: str, bucket: str, key: str, chunks: Iterable[bytes | memoryview]) -> _Meta:
+    def write(self, provider: str, bucket: str, key: str,
+              chunks: Iterable[bytes | memoryview]) -> _Meta:
         """Store an object from ``chunks``: a temp file renamed into place, version bumped."""
         path = self.path(provider, bucket, key)
         digest = hashlib.md5(usedforsecurity=False)
@@ -195,10 +196,11 @@ class _Store:
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 if os.path.isdir(path):
-                    raise _Fail(409, f"{_cname(provider, bucket, key)}: a virtual directory of that name exists")
+                    raise IsADirectoryError(path)
                 os.replace(tmp, path)
-            except (FileExistsError, NotADirectoryError) as exc:
-                raise _Fail(409, f"{_cname(provider, bucket, key)}: name clashes with an object") from exc
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                name = _cname(provider, bucket, key)
+                raise _Fail(409, f"{name}: the name clashes with another object's") from exc
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -365,7 +367,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             super().finish()
         self.server.track(self.connection, False)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+    def log_message(self, format: str, *args: Any) -> None:
         return None
 
     def do_GET(self) -> None:
@@ -508,7 +510,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if what == "health":
             self._reply(200, b"")
         elif what == "daemon" and req.query.get("what") == "smap":
-            self._reply(200, json.dumps(self._smap()).encode(), {"Content-Type": "application/json"})
+            smap = json.dumps(self._smap()).encode()
+            self._reply(200, smap, {"Content-Type": "application/json"})
         elif what == "buckets":
             self._buckets(req)
         elif what == "objects" and len(req.items) >= 3:
@@ -540,9 +543,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         def snode(node: _Node, kind: str) -> dict[str, Any]:
             port = node.url.rsplit(":", 1)[1]
             net = {"node_hostname": "127.0.0.1", "daemon_port": port, "direct_url": node.url}
-            digest = int.from_bytes(hashlib.blake2b(node.node_id.encode(), digest_size=8).digest(), "big")
+            raw = hashlib.blake2b(node.node_id.encode(), digest_size=8).digest()
             return {"daemon_id": node.node_id, "daemon_type": kind, "public_net": net,
-                    "intra_control_net": net, "intra_data_net": net, "flags": 0, "id_digest": digest}
+                    "intra_control_net": net, "intra_data_net": net, "flags": 0,
+                    "id_digest": int.from_bytes(raw, "big")}
 
         assert self.cluster.proxy is not None
         proxy = snode(self.cluster.proxy, "proxy")
@@ -745,7 +749,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if data is not None:
                 self.wfile.write(data[start:start + count])
             elif count:
-                self.connection.sendfile(f, offset + start, count)  # type: ignore[arg-type]
+                self.connection.sendfile(f, offset + start, count)
             if fault is not None and fault.kind == "cut":
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -775,7 +779,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 archpath: str) -> tuple[int, int] | bytes:
         """Where an archived file is: (offset, size) in a plain tar, else its bytes."""
         store = self.cluster.store
-        missing = _Fail(404, f"{_cname(provider, bucket, key)}: archived file {archpath!r} does not exist")
+        name = _cname(provider, bucket, key)
+        missing = _Fail(404, f"{name}: archived file {archpath!r} does not exist")
         index = store.tar_index(f.name, os.fstat(f.fileno()))
         if index is not None:
             for name in (archpath, archpath.lstrip("/"), "./" + archpath.lstrip("/")):
@@ -799,7 +804,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except KeyError:
             raise missing from None
         except tarfile.TarError:
-            raise _Fail(400, f"{_cname(provider, bucket, key)} is not a supported archive") from None
+            raise _Fail(400, f"{name} is not a supported archive") from None
 
     def _put(self, req: _Req, provider: str, bucket: str, key: str, fault: _Fault | None) -> None:
         store = self.cluster.store
@@ -823,7 +828,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         m = store.write(provider, bucket, key, self._chunks())
         self._reply(200, b"", self._attrs(m, atime=False))
 
-    def _delete(self, req: _Req, provider: str, bucket: str, key: str, fault: _Fault | None) -> None:
+    def _delete(self, req: _Req, provider: str, bucket: str, key: str,
+                fault: _Fault | None) -> None:
         upload_id = req.query.get("uploadId")
         self._drain()
         if upload_id:  # mpt-abort
@@ -853,7 +859,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             wanted = sorted({int(p["part-number"]) for p in msg.get("value") or []})
             files = [os.path.join(upload.folder, f"{n:06d}") for n in wanted]
             if not files or not all(os.path.exists(p) for p in files):
-                raise _Fail(400, f"{_cname(provider, bucket, key)}: upload {upload_id}: missing parts")
+                name = _cname(provider, bucket, key)
+                raise _Fail(400, f"{name}: upload {upload_id}: missing parts")
 
             def chunks() -> Iterator[bytes]:
                 for path in files:
@@ -873,8 +880,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _upload(self, upload_id: str, provider: str, bucket: str, key: str) -> _Upload:
         with self.cluster.lock:
             upload = self.cluster.store.uploads.get(upload_id)
-        if upload is None or (upload.provider, upload.bucket, upload.key) != (provider, bucket, key):
-            raise _Fail(404, f"{_cname(provider, bucket, key)}: upload {upload_id!r} does not exist")
+        if upload is None or (upload.provider, upload.bucket, upload.key) != (
+                provider, bucket, key):
+            name = _cname(provider, bucket, key)
+            raise _Fail(404, f"{name}: upload {upload_id!r} does not exist")
         return upload
 
     def _moss(self, req: _Req, bucket: str) -> None:
@@ -961,7 +970,8 @@ class LocalAIS:
     ``pid``), as AIS targets do, and otherwise want the token as well.
     """
 
-    def __init__(self, targets: int = 2, root: str | None = None, *, token: str | None = None) -> None:
+    def __init__(self, targets: int = 2, root: str | None = None, *,
+                 token: str | None = None) -> None:
         if targets < 1:
             raise ValueError(f"need at least one target, got {targets}")
         self._own_root = root is None
