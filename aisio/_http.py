@@ -390,7 +390,7 @@ class Response:
 
     async def readinto(self, view: memoryview) -> int:
         """Fill ``view`` with the next body bytes; fewer only at the end of the body, 0 after."""
-        if type(view) is not memoryview or view.format != "B" or view.ndim != 1:
+        if type(view) is not memoryview or view.readonly or view.format != "B" or view.ndim != 1:
             view = _byte_view(view)
         conn = self._conn
         if conn is None or self._mode != _LENGTH:

@@ -1,0 +1,597 @@
+"""aisio._http against real servers on loopback: a scripted asyncio server for edge cases."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import ipaddress
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from aisio._http import ConnectError, HTTPPool, Response, ServerDisconnectedError
+from aisio.errors import ClosedError, RequestError
+
+
+@lru_cache(maxsize=16)
+def pattern(n: int) -> bytes:
+    """Deterministic, non-periodic bytes, so a shifted or repeated piece is caught."""
+    return random.Random(n).randbytes(n)
+
+
+Route = Callable[["Server", asyncio.StreamWriter, "Request"], Awaitable[bool]]
+
+
+class Request:
+    """What the test server saw: method, path, query, headers, body."""
+
+    def __init__(self, head: bytes, reader: asyncio.StreamReader, seq: int) -> None:
+        line, *fields = head.decode("latin-1").split("\r\n")
+        self.method, target, _ = line.split(" ")
+        parts = urlsplit(target)
+        self.path = parts.path
+        self.query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        self.headers = {}
+        for field in fields:
+            if field:
+                name, _, value = field.partition(":")
+                self.headers[name.strip().lower()] = value.strip()
+        self.reader = reader
+        self.body = b""
+        self.seq = seq  # 0 for the first request on its connection
+
+    def n(self, default: int = 1000) -> int:
+        return int(self.query.get("n", default))
+
+
+class Server:
+    """An HTTP/1.1 server whose answer is chosen by the request path; counts connections."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.open = 0
+        self.max_open = 0
+        self.requests: list[Request] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()  # set whenever a connection ends
+        self.port = 0
+        self.scheme = "http"
+        self._server: asyncio.Server | None = None
+
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=ssl_context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.scheme = "https" if ssl_context else "http"
+
+    def url(self, path: str) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)  # type: ignore[arg-type]
+        self.connections += 1
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        try:
+            seq = 0
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                req = Request(head[:-4], reader, seq)
+                if "content-length" in req.headers:
+                    req.body = await reader.readexactly(int(req.headers["content-length"]))
+                self.requests.append(req)
+                seq += 1
+                route = ROUTES[req.path]
+                if not await route(self, writer, req):
+                    break
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass  # stop(); a cancelled handler task makes asyncio.streams log an error
+        finally:
+            self.open -= 1
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()
+            self.tasks.discard(task)  # type: ignore[arg-type]
+            self.closed.set()
+
+
+def head(status: str = "200 OK", **fields: object) -> bytes:
+    lines = [f"HTTP/1.1 {status}"] + [f"{k.replace('_', '-')}: {v}" for k, v in fields.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def r_data(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    body = pattern(req.n())
+    if "range" in req.headers:
+        start, end = (int(x) for x in req.headers["range"].removeprefix("bytes=").split("-"))
+        body = body[start : end + 1]
+    w.write(head(Content_Length=len(body)))
+    if req.method != "HEAD":
+        w.write(body)
+    return True
+
+
+async def r_chunked(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    sizes = [int(s) for s in req.query["sizes"].split(",")]
+    body = pattern(sum(sizes))
+    w.write(head(Transfer_Encoding="chunked"))
+    pos = 0
+    for size in sizes:
+        w.write(f"{size:x};ext=1\r\n".encode() + body[pos : pos + size] + b"\r\n")
+        pos += size
+        await w.drain()
+    w.write(b"0\r\nX-Trailer: yes\r\n\r\n")
+    return True
+
+
+async def r_close(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    w.write(head(Connection="close") + pattern(req.n()))
+    return False
+
+
+async def r_close_cl(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    w.write(head(Content_Length=req.n(), Connection="close") + pattern(req.n()))
+    return False
+
+
+async def r_short(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    w.write(head(Content_Length=req.n()) + pattern(req.n())[: req.n() // 2])
+    return False
+
+
+async def r_stall_head(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    await req.reader.read()  # until the client goes away
+    return False
+
+
+async def r_stall_body(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    w.write(head(Content_Length=req.n()) + pattern(req.n())[:100])
+    await w.drain()
+    await req.reader.read()
+    return False
+
+
+async def r_trickle(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    data = head(Content_Length=req.n()) + pattern(req.n())
+    gap = float(req.query.get("gap", 0))
+    for i in range(len(data)):
+        w.write(data[i : i + 1])
+        await w.drain()
+        await asyncio.sleep(gap if i >= len(data) - 10 else 0)
+    return True
+
+
+async def r_drop_after(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    w.write(head(Content_Length=req.n()) + pattern(req.n()))  # says keep-alive, then closes
+    return False
+
+
+async def r_first_only(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    if req.seq > 0:  # a reused connection: hang up without a byte, as a stale one does
+        return False
+    return await r_data(srv, w, req)
+
+
+async def r_slow_head(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    await asyncio.sleep(0.05)
+    return await r_data(srv, w, req)
+
+
+async def r_garbage(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    w.write(b"HTTP/1.1 abc\r\n\r\n")
+    return False
+
+
+async def r_big_head(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    w.write(b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n")
+    return False
+
+
+async def r_put(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    digest = hashlib.sha256(req.body).hexdigest().encode()
+    w.write(head("201 Created", Content_Length=len(digest)) + digest)
+    return True
+
+
+async def r_no_content(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    w.write(head("204 No Content"))
+    return True
+
+
+async def r_interim(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return await r_data(srv, w, req)
+
+
+ROUTES: dict[str, Route] = {
+    "/data": r_data,
+    "/chunked": r_chunked,
+    "/close": r_close,
+    "/close-cl": r_close_cl,
+    "/short": r_short,
+    "/stall-head": r_stall_head,
+    "/stall-body": r_stall_body,
+    "/trickle": r_trickle,
+    "/drop-after": r_drop_after,
+    "/first-only": r_first_only,
+    "/slow-head": r_slow_head,
+    "/garbage": r_garbage,
+    "/big-head": r_big_head,
+    "/put": r_put,
+    "/no-content": r_no_content,
+    "/interim": r_interim,
+}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[HTTPPool]:
+    async with HTTPPool(max_connections_per_host=4, connect_timeout=5, read_timeout=5) as p:
+        yield p
+
+
+async def read_all(resp: Response, view_size: int = 65536) -> bytes:
+    """The body, read through readinto with views of one size."""
+    out = bytearray()
+    buf = memoryview(bytearray(view_size))
+    while n := await resp.readinto(buf):
+        out += buf[:n]
+    return bytes(out)
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+# -- bodies --
+
+
+@pytest.mark.parametrize("view_size", [1, 7, 4096, 65536, 1 << 20, 4 << 20])
+async def test_content_length_body_in_any_view_size(
+    server: Server, pool: HTTPPool, view_size: int
+) -> None:
+    n = 300_001 if view_size > 1 else 20_001
+    resp = await pool.request("GET", server.url(f"/data?n={n}"))
+    assert (resp.status, resp.reason, resp.content_length) == (200, "OK", n)
+    assert resp.headers["Content-Length"] == str(n)
+    assert await read_all(resp, view_size) == pattern(n)
+    assert await resp.readinto(memoryview(bytearray(10))) == 0  # stays at the end
+
+
+async def test_readinto_lands_in_typed_buffers(server: Server, pool: HTTPPool) -> None:
+    ints = array.array("i", [0]) * 1000
+    resp = await pool.request("GET", server.url("/data?n=4000"))
+    assert await resp.readinto(memoryview(ints)) == 4000
+    assert ints.tobytes() == pattern(4000)
+    with pytest.raises(TypeError):
+        await resp.readinto(memoryview(b"readonly"))
+    await resp.aclose()
+
+
+async def test_keep_alive_reuse_is_lifo_and_counted(server: Server, pool: HTTPPool) -> None:
+    for _ in range(5):
+        resp = await pool.request("GET", server.url("/data?n=100000"))
+        assert await read_all(resp) == pattern(100000)
+    assert server.connections == 1
+    stats = pool.stats()
+    assert (stats.opened, stats.reused, stats.idle) == (1, 4, 1)
+
+
+async def test_read_head_no_content_and_interim(server: Server, pool: HTTPPool) -> None:
+    resp = await pool.request("GET", server.url("/data?n=5000"))
+    assert await resp.read() == pattern(5000)
+    resp = await pool.request("HEAD", server.url("/data?n=5000"))
+    assert resp.content_length == 5000
+    assert await resp.read() == b""
+    resp = await pool.request("GET", server.url("/no-content"))
+    assert resp.status == 204
+    assert await resp.read() == b""
+    resp = await pool.request("GET", server.url("/interim?n=10"))
+    assert (resp.status, await resp.read()) == (200, pattern(10))
+    assert server.connections == 1
+
+
+async def test_range_header_is_passed(server: Server, pool: HTTPPool) -> None:
+    resp = await pool.request("GET", server.url("/data?n=1000"), {"Range": "bytes=10-19"})
+    assert await resp.read() == pattern(1000)[10:20]
+
+
+@pytest.mark.parametrize("view_size", [3, 4096, 1 << 20])
+async def test_chunked_body(server: Server, pool: HTTPPool, view_size: int) -> None:
+    sizes = [1, 5, 70000, 3, 100000, 65536]
+    resp = await pool.request("GET", server.url("/chunked?sizes=" + ",".join(map(str, sizes))))
+    assert resp.content_length is None
+    assert await read_all(resp, view_size) == pattern(sum(sizes))
+    resp = await pool.request("GET", server.url("/data?n=10"))
+    assert await resp.read() == pattern(10)
+    assert server.connections == 1  # the chunked connection was reused
+
+
+async def test_connection_close_is_not_reused(server: Server, pool: HTTPPool) -> None:
+    for _ in range(2):
+        resp = await pool.request("GET", server.url("/close-cl?n=70000"))
+        assert await read_all(resp) == pattern(70000)
+    resp = await pool.request("GET", server.url("/close?n=200000"))  # body ends at close
+    assert resp.content_length is None
+    assert await read_all(resp, 4096) == pattern(200000)
+    assert server.connections == 3
+    assert pool.stats().reused == 0
+
+
+async def test_put_body(server: Server, pool: HTTPPool) -> None:
+    data = pattern(3 << 20)
+    for body in (data, memoryview(data)):
+        resp = await pool.request("PUT", server.url("/put"), body=body)
+        assert resp.status == 201
+        assert await resp.read() == hashlib.sha256(data).hexdigest().encode()
+    assert server.requests[-1].headers["content-length"] == str(len(data))
+
+
+# -- failures --
+
+
+async def test_short_body_raises_after_returning_what_came(server: Server, pool: HTTPPool) -> None:
+    resp = await pool.request("GET", server.url("/short?n=100000"))
+    buf = memoryview(bytearray(100000))
+    n = await resp.readinto(buf)
+    assert n == 50000 and buf[:n] == pattern(100000)[:50000]
+    with pytest.raises(ServerDisconnectedError, match="after 50000 of 100000 body bytes"):
+        await resp.readinto(buf)
+    resp = await pool.request("GET", server.url("/short?n=100000"))
+    with pytest.raises(ConnectionError):
+        await resp.read()
+
+
+async def test_timeout_waiting_for_head(server: Server) -> None:
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=0.3) as pool:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="no data from"):
+            await pool.request("GET", server.url("/stall-head?X-Amz-Signature=secret"))
+        assert 0.25 < time.monotonic() - start < 3
+        # the slot was given back and the broken connection not kept
+        resp = await pool.request("GET", server.url("/data?n=10"))
+        assert await resp.read() == pattern(10)
+        assert server.connections == 2
+
+
+async def test_timeout_in_body_closes_connection(server: Server) -> None:
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=0.3) as pool:
+        resp = await pool.request("GET", server.url("/stall-body?n=10000"))
+        buf = memoryview(bytearray(100))
+        assert await resp.readinto(buf) == 100
+        with pytest.raises(TimeoutError):
+            await resp.readinto(buf)
+        await wait_for(lambda: server.open == 0)
+        assert pool.stats().idle == 0
+
+
+async def test_trickle_resets_the_timeout_on_every_byte(server: Server) -> None:
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=0.5) as pool:
+        # the head and body come one byte per write; the last 10 bytes 0.15 s apart,
+        # longer in total than read_timeout, each gap shorter
+        resp = await pool.request("GET", server.url("/trickle?n=3000&gap=0.15"))
+        assert await read_all(resp, 1 << 20) == pattern(3000)
+        resp = await pool.request("GET", server.url("/data?n=10"))
+        assert await resp.read() == pattern(10)
+        assert server.connections == 1
+
+
+async def test_cancelled_readinto_closes_connection(server: Server, pool: HTTPPool) -> None:
+    resp = await pool.request("GET", server.url("/stall-body?n=10000"))
+    buf = memoryview(bytearray(5000))
+    task = asyncio.create_task(resp.readinto(buf))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_for(lambda: server.open == 0)  # the server saw the connection close
+    assert pool.stats().idle == 0
+    with pytest.raises(ClosedError):
+        await resp.readinto(buf)
+    await resp.aclose()
+    await resp.aclose()
+    assert asyncio.all_tasks() - set(server.tasks) == {asyncio.current_task()}
+
+
+async def test_stale_idle_connection_is_replaced(server: Server, pool: HTTPPool) -> None:
+    resp = await pool.request("GET", server.url("/drop-after?n=10"))
+    assert await resp.read() == pattern(10)
+    await wait_for(lambda: server.open == 0)
+    resp = await pool.request("GET", server.url("/data?n=10"))
+    assert await resp.read() == pattern(10)
+    assert server.connections == 2
+
+
+async def test_stale_race_is_retried_once_for_get_only(server: Server, pool: HTTPPool) -> None:
+    resp = await pool.request("GET", server.url("/data?n=10"))
+    await resp.read()
+    # the server hangs up on the reused connection without a byte: retried on a fresh one
+    resp = await pool.request("GET", server.url("/first-only?n=10"))
+    assert await resp.read() == pattern(10)
+    assert server.connections == 2
+    with pytest.raises(ServerDisconnectedError):
+        await pool.request("POST", server.url("/first-only?n=10"), body=b"x")
+    assert server.connections == 2
+
+
+async def test_connections_per_host_are_bounded(server: Server) -> None:
+    async with HTTPPool(max_connections_per_host=2, connect_timeout=5, read_timeout=5) as pool:
+
+        async def get() -> bytes:
+            resp = await pool.request("GET", server.url("/slow-head?n=100000"))
+            return await read_all(resp)
+
+        results = await asyncio.gather(*(get() for _ in range(8)))
+        assert results == [pattern(100000)] * 8
+        assert server.max_open == 2 and server.connections == 2
+
+
+async def test_slow_consumer_pauses_reading(server: Server, pool: HTTPPool) -> None:
+    n = 32 << 20
+    resp = await pool.request("GET", server.url(f"/data?n={n}"))
+    buf = memoryview(bytearray(1 << 20))
+    assert await resp.readinto(buf) == len(buf)
+    conn = resp._conn
+    assert conn is not None and conn.transport is not None
+    await asyncio.sleep(0.2)
+    assert not conn.transport.is_reading()  # the socket is left to fill and push back
+    got = len(buf)
+    while n := await resp.readinto(buf):
+        got += n
+    assert got == 32 << 20
+
+
+async def test_malformed_responses_raise_request_error(server: Server, pool: HTTPPool) -> None:
+    with pytest.raises(RequestError, match="malformed status line"):
+        await pool.request("GET", server.url("/garbage"))
+    with pytest.raises(RequestError, match="over 65536 bytes"):
+        await pool.request("GET", server.url("/big-head"))
+
+
+async def test_messages_never_carry_the_query(server: Server, pool: HTTPPool) -> None:
+    secret = "?X-Amz-Signature=sekrit&token=sekrit"
+    resp = await pool.request("GET", server.url("/short?n=100") + "&X-Amz-Credential=sekrit")
+    with pytest.raises(ConnectionError) as short:
+        await resp.read()
+    with pytest.raises(ConnectError) as refused:
+        await pool.request("GET", f"http://127.0.0.1:1/x{secret}")
+    with pytest.raises(RequestError) as bad:
+        await pool.request("GET", server.url("/garbage" + secret))
+    for exc in (short.value, refused.value, bad.value):
+        assert "sekrit" not in str(exc) and "sekrit" not in repr(exc)
+    assert "sekrit" not in repr(resp)
+
+
+async def test_closed_pool_and_bad_urls(server: Server) -> None:
+    pool = HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=5)
+    with pytest.raises(ValueError):
+        await pool.request("GET", "ftp://host/x")
+    with pytest.raises(ValueError):
+        await pool.request("GET", server.url("/data"), {"X-Bad": "a\r\nInjected: 1"})
+    resp = await pool.request("GET", server.url("/stall-body?n=1000"))
+    await pool.aclose()
+    await pool.aclose()
+    with pytest.raises(ConnectionError):
+        await read_all(resp)
+    with pytest.raises(ClosedError):
+        await pool.request("GET", server.url("/data"))
+
+
+# -- TLS --
+
+
+def make_certs(tmp: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 and localhost signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aisio test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(cert.public_bytes(pem))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+async def test_https_verified_by_default_and_with_trusted_ca(tmp_path: Path) -> None:
+    ca, cert, key = make_certs(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    srv = Server()
+    await srv.start(server_ctx)
+    try:
+        async with HTTPPool(max_connections_per_host=2, connect_timeout=5, read_timeout=5) as p:
+            with pytest.raises(RequestError, match="not trusted"):
+                await p.request("GET", srv.url("/data?n=10"))
+        trusted = ssl.create_default_context(cafile=str(ca))
+        async with HTTPPool(
+            max_connections_per_host=2, connect_timeout=5, read_timeout=5, ssl_context=trusted
+        ) as p:
+            for _ in range(2):
+                resp = await p.request("GET", srv.url("/data?n=3000000"))
+                assert await read_all(resp, 1 << 20) == pattern(3000000)
+            sizes = "1,70000,5"
+            resp = await p.request("GET", srv.url(f"/chunked?sizes={sizes}"))
+            assert await read_all(resp, 4096) == pattern(70006)
+            assert p.stats().reused == 2
+    finally:
+        await srv.stop()
