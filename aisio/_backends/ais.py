@@ -1,0 +1,554 @@
+"""``ais://bucket/key`` through an AIStore cluster's native HTTP API, with httpx.
+
+Object requests go to the gateway (``AISOptions.endpoint``), which answers with a 307 to
+the target that stores the object. We follow that redirect ourselves, so every host keeps
+its own keep-alive pool, and remember the target per object: later requests for the same
+object (the range GETs of one read) go straight to it, as the SDK's ``direct`` mode does.
+A target that fails, refuses or no longer has the object is forgotten and the request goes
+through the gateway again. Redirects signed by the cluster are never cached.
+
+The bearer token (``AISOptions.token``) is sent to the gateway and to hosts the gateway
+redirected us to, never elsewhere, and never appears in a message or repr.
+
+AIS has no ``If-Match``: an ETag check compares the object's version (or checksum) in the
+response headers with the expected one and raises ObjectChangedError on a difference.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import contextlib
+import io
+import json
+import ssl
+import tarfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qs, quote, urljoin, urlsplit
+
+import anyio
+import httpx
+import msgpack
+
+from .._config import ClientConfig
+from .._retry import RetryPolicy, retrying
+from .._types import ObjectInfo
+from .._url import Location, redact
+from ..errors import (
+    AccessDeniedError,
+    AisioError,
+    InvalidURLError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    RangeError,
+    RequestError,
+)
+
+__all__ = ["AISBackend"]
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_HEAD_PROPS = "name,size,checksum,version"
+_LIST_PROPS = "name,size,checksum,version"
+_LS_NO_RECURSION = 1 << 11
+_LS_NO_DIRS = 1 << 13
+_ENTRY_IS_DIR = 1 << 8
+_MAX_CACHED_TARGETS = 65536
+_MSGPACK = "application/msgpack"
+_JSON_KEYS = {"name": "n", "checksum": "cs", "version": "v", "size": "s", "flags": "f"}
+
+
+def _etag(headers: Mapping[str, str]) -> str | None:
+    """What identifies one version of an object: AIS version, else checksum, else ETag."""
+    version = headers.get("ais-version")
+    if version:
+        return version
+    checksum = headers.get("ais-checksum-value")
+    if checksum:
+        return checksum
+    etag = headers.get("etag")
+    return etag.strip('"') if etag else None
+
+
+def _total_size(response: httpx.Response) -> int:
+    """Object size from ``Content-Range: bytes a-b/size`` or, for a 200, Content-Length."""
+    content_range = response.headers.get("content-range", "")
+    total = content_range.rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    length = response.headers.get("content-length", "")
+    return int(length) if length.isdigit() else -1
+
+
+def _byte_view(view: memoryview) -> memoryview:
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+class _AISBody:
+    """The body of one streamed GET; the only code on the data path (httpx, for now)."""
+
+    def __init__(self, response: httpx.Response, object_size: int, etag: str | None) -> None:
+        self._response = response
+        self._chunks = response.aiter_raw()
+        self._pending = memoryview(b"")
+        self._error: BaseException | None = None
+        self.object_size = object_size
+        self.etag = etag
+
+    async def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` as far as the body goes; an error after some bytes waits a call."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        view = _byte_view(view)
+        got = 0
+        while got < len(view):
+            if not self._pending:
+                try:
+                    self._pending = memoryview(await self._chunks.__anext__())
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    if not got:
+                        raise
+                    self._error = exc
+                    break
+            n = min(len(view) - got, len(self._pending))
+            view[got:got + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            got += n
+        return got
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class _EmptyBody:
+    """A body with no bytes: a GET that starts exactly at the end of the object."""
+
+    def __init__(self, object_size: int, etag: str | None) -> None:
+        self.object_size = object_size
+        self.etag = etag
+
+    async def readinto(self, view: memoryview) -> int:
+        return 0
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _AISUpload:
+    """An AIS multipart upload (``mpt-upload``): parts PUT by number, then completed."""
+
+    def __init__(self, backend: AISBackend, loc: Location, upload_id: str) -> None:
+        self._backend = backend
+        self._loc = loc
+        self._id = upload_id
+        self._parts: set[int] = set()
+        self._state = "open"
+
+    async def upload_part(self, number: int, offset: int, data: memoryview) -> None:
+        params = {"uploadId": self._id, "partNumber": str(number)}
+        await self._backend._call(self._loc, "PUT", params=params, body=data)
+        self._parts.add(number)
+
+    async def complete(self) -> ObjectInfo:
+        parts = [{"part-number": n, "etag": ""} for n in sorted(self._parts)]
+        msg = {"action": "mpt-complete", "name": "", "value": parts}
+        await self._backend._call(self._loc, "POST", params={"uploadId": self._id}, json_body=msg)
+        self._state = "done"
+        return await self._backend.head(self._loc)
+
+    async def abort(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        msg = {"action": "mpt-abort", "name": "", "value": None}
+        with contextlib.suppress(ObjectNotFoundError):  # nothing left to discard
+            await self._backend._call(self._loc, "DELETE", params={"uploadId": self._id},
+                                      json_body=msg)
+
+
+class AISBackend:
+    """One httpx client per backend; a keep-alive pool per cluster host."""
+
+    min_part_size = 5 * 2**20  # what AIS asks of parts for buckets backed by S3
+
+    def __init__(self, config: ClientConfig, *, page_size: int = 0,
+                 cache_targets: bool = True) -> None:
+        self._config = config
+        self._token = config.ais.token
+        self._page_size = page_size
+        self._cache_targets = cache_targets
+        self._policy = RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max)
+        endpoint = (config.ais.endpoint or "").strip().rstrip("/")
+        if endpoint and "://" not in endpoint:
+            endpoint = "http://" + endpoint
+        self._gateway = endpoint
+        self._trusted = {self._origin(endpoint)} if endpoint else set()
+        self._targets: collections.OrderedDict[tuple[str, str, str], str] = (
+            collections.OrderedDict())
+        verify: ssl.SSLContext | bool = config.verify_tls
+        if config.ca_bundle:
+            verify = ssl.create_default_context(cafile=config.ca_bundle)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
+            limits=httpx.Limits(max_connections=None,
+                                max_keepalive_connections=2 * config.max_concurrency),
+            verify=verify,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"AISBackend(endpoint={redact(self._gateway)!r})"
+
+    # -- plumbing --
+
+    @staticmethod
+    def _origin(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}".lower()
+
+    def _scrub(self, text: str) -> str:
+        text = redact(text)
+        return text.replace(self._token, "***") if self._token else text
+
+    def _need_gateway(self, loc: Location) -> str:
+        if not self._gateway:
+            raise InvalidURLError(
+                f"no AIS endpoint for {loc.url}: set AIS_ENDPOINT or AISOptions(endpoint=...)",
+                url=loc.url)
+        return self._gateway
+
+    @staticmethod
+    def _need_key(loc: Location) -> None:
+        if loc.is_prefix:
+            raise InvalidURLError(f"URL names a prefix, not an object: {loc.url}", url=loc.url)
+
+    @staticmethod
+    def _object_path(loc: Location) -> str:
+        return f"/v1/objects/{quote(loc.bucket, safe='')}/{quote(loc.key, safe='/')}"
+
+    async def _send(
+        self, method: str, url: str, *, params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None, body: bytes | memoryview | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """One request; the token goes only to the gateway and the hosts it sent us to."""
+        hdrs = dict(headers or {})
+        if self._token and self._origin(url) in self._trusted:
+            hdrs["Authorization"] = f"Bearer {self._token}"
+        content: Any = None
+        if isinstance(body, memoryview):
+            view = _byte_view(body)
+            hdrs["Content-Length"] = str(len(view))
+
+            async def once() -> AsyncIterator[memoryview]:
+                yield view
+
+            content = once() if len(view) else b""
+        else:
+            content = body
+        request = self._client.build_request(method, url, params=params, headers=hdrs,
+                                             content=content)
+        return await self._client.send(request, stream=stream)
+
+    async def _object_request(
+        self, method: str, loc: Location, *, params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None, body: bytes | memoryview | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """An object request: to the cached target, else via the gateway's redirect."""
+        gateway = self._need_gateway(loc)
+        path = self._object_path(loc)
+        query = {"provider": loc.provider, **(params or {})}
+        key = (loc.provider, loc.bucket, loc.key)
+        origin = self._targets.get(key)
+        if origin is not None:
+            try:
+                resp = await self._send(method, origin + path, params=query, headers=headers,
+                                        body=body, stream=stream)
+            except httpx.TransportError:
+                self._targets.pop(key, None)
+                raise
+            if resp.status_code not in (401, 403, 404) and resp.status_code not in _REDIRECTS:
+                if resp.status_code >= 500:
+                    self._targets.pop(key, None)  # next try asks the gateway
+                return resp
+            await resp.aclose()
+            self._targets.pop(key, None)
+        # The gateway needs no body to redirect: do not upload it twice.
+        probe = b"" if method == "PUT" else body
+        resp = await self._send(method, gateway + path, params=query, headers=headers,
+                                body=probe, stream=stream)
+        target = await self._redirect_target(resp, gateway)
+        if target is None:
+            return resp
+        if self._cache_targets and "u" not in parse_qs(urlsplit(target).query):
+            self._targets[key] = self._origin(target)
+            if len(self._targets) > _MAX_CACHED_TARGETS:
+                self._targets.popitem(last=False)
+        return await self._send(method, target, headers=headers, body=body, stream=stream)
+
+    async def _redirect_target(self, resp: httpx.Response, gateway: str) -> str | None:
+        """The URL a gateway's redirect points to (now a trusted host), or None."""
+        if resp.status_code not in _REDIRECTS or "location" not in resp.headers:
+            return None
+        await resp.aclose()
+        target = urljoin(gateway + "/", resp.headers["location"])
+        if urlsplit(target).scheme not in ("http", "https"):
+            raise RequestError("the AIS gateway redirected to a non-HTTP URL",
+                               status=resp.status_code)
+        self._trusted.add(self._origin(target))
+        return target
+
+    async def _gateway_request(
+        self, method: str, loc: Location, path: str, *, params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None, body: bytes | None = None,
+    ) -> httpx.Response:
+        """A request the gateway answers itself or redirects once (buckets, moss)."""
+        gateway = self._need_gateway(loc)
+        resp = await self._send(method, gateway + path, params=params, headers=headers, body=body)
+        target = await self._redirect_target(resp, gateway)
+        if target is None:
+            return resp
+        return await self._send(method, target, headers=headers, body=body)
+
+    async def _error(self, resp: httpx.Response, loc: Location) -> AisioError:
+        """The aisio error for an AIS error reply (JSON body, or Hdr-Error for HEAD)."""
+        raw = resp.headers.get("hdr-error", "")
+        if not raw:
+            with_body = await resp.aread()
+            raw = with_body.decode("utf-8", "replace")
+        await resp.aclose()
+        message = raw
+        try:
+            parsed = json.loads(raw)
+            if isinstance(parsed, dict) and parsed.get("message"):
+                message = str(parsed["message"])
+        except ValueError:
+            pass
+        status = resp.status_code
+        text = self._scrub(f"{loc.url}: {message.strip()[:500] or resp.reason_phrase} "
+                           f"(HTTP {status})")
+        url = loc.url
+        if status == 404:
+            return ObjectNotFoundError(text, url=url)
+        if status in (401, 403):
+            return AccessDeniedError(text, url=url)
+        if status == 416:
+            return RangeError(text, url=url)
+        if status == 412:
+            return ObjectChangedError(text, url=url)
+        retry_after = None
+        with contextlib.suppress(ValueError):
+            retry_after = float(resp.headers.get("retry-after", ""))
+        return RequestError(text, url=url, status=status, retry_after=retry_after)
+
+    async def _checked(self, resp: httpx.Response, loc: Location) -> httpx.Response:
+        if resp.status_code >= 300:
+            raise await self._error(resp, loc)
+        return resp
+
+    async def _call(
+        self, loc: Location, method: str, *, params: Mapping[str, str] | None = None,
+        body: bytes | memoryview | None = None, json_body: Any = None,
+    ) -> httpx.Response:
+        """A whole (unstreamed) object request, retried on transient failures."""
+        headers = None
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers = {"Content-Type": "application/json"}
+
+        async def attempt() -> httpx.Response:
+            resp = await self._object_request(method, loc, params=params, headers=headers,
+                                              body=body)
+            return await self._checked(resp, loc)
+
+        return await retrying(attempt, self._policy, loc.url, anyio.sleep)
+
+    def _info(self, loc: Location, headers: Mapping[str, str], size: int) -> ObjectInfo:
+        modified: datetime | None = None
+        if headers.get("last-modified"):
+            try:
+                modified = parsedate_to_datetime(headers["last-modified"])
+            except (TypeError, ValueError):
+                modified = None
+        return ObjectInfo(loc.url, size, _etag(headers), modified,
+                          headers.get("ais-version") or None)
+
+    # -- the Backend protocol --
+
+    async def head(self, loc: Location) -> ObjectInfo:
+        self._need_key(loc)
+        resp = await self._call(loc, "HEAD", params={"props": _HEAD_PROPS})
+        return self._info(loc, resp.headers, int(resp.headers.get("content-length") or 0))
+
+    async def list(self, loc: Location, *, recursive: bool = True) -> AsyncIterator[ObjectInfo]:
+        flags = 0 if recursive else _LS_NO_RECURSION | _LS_NO_DIRS
+        path = f"/v1/buckets/{quote(loc.bucket, safe='')}"
+        headers = {"Accept": _MSGPACK, "Content-Type": "application/json"}
+        uuid = token = ""
+        while True:
+            value = {"prefix": loc.key, "pagesize": self._page_size, "uuid": uuid,
+                     "props": _LIST_PROPS, "continuation_token": token, "flags": str(flags),
+                     "target": ""}
+            body = json.dumps({"action": "list", "name": "", "value": value}).encode()
+
+            async def page(body: bytes = body) -> dict[str, Any]:
+                resp = await self._gateway_request("GET", loc, path, headers=headers, body=body,
+                                                   params={"provider": loc.provider})
+                await self._checked(resp, loc)
+                return self._decode_page(resp)
+
+            data = await retrying(page, self._policy, loc.url, anyio.sleep)
+            for entry in data["entries"]:
+                name, flag = entry.get("n", ""), int(entry.get("f") or 0)
+                if flag & _ENTRY_IS_DIR or name.endswith("/"):
+                    continue
+                if not recursive and "/" in name[len(loc.key):]:
+                    continue
+                version = str(entry.get("v") or "") or None
+                etag = version or str(entry.get("cs") or "") or None
+                yield ObjectInfo(loc.child(name).url, int(entry.get("s") or 0), etag, None,
+                                 version)
+            uuid, token = data["uuid"], data["token"]
+            if not token:
+                return
+
+    @staticmethod
+    def _decode_page(resp: httpx.Response) -> dict[str, Any]:
+        """A list-objects page, msgpack or JSON, in msgpack's short entry keys."""
+        if _MSGPACK in resp.headers.get("content-type", ""):
+            raw = msgpack.unpackb(resp.content, raw=False)
+            return {"uuid": raw.get("UUID") or "", "token": raw.get("ContinuationToken") or "",
+                    "entries": raw.get("Entries") or []}
+        raw = resp.json()
+        entries = [{_JSON_KEYS.get(k, k): v for k, v in e.items()}
+                   for e in raw.get("entries") or []]
+        return {"uuid": raw.get("uuid") or "", "token": raw.get("continuation_token") or "",
+                "entries": entries}
+
+    async def open_body(
+        self, loc: Location, start: int, end: int | None, *, etag: str | None = None,
+        archpath: str | None = None, etl_name: str | None = None, etl_args: str | None = None,
+    ) -> _AISBody | _EmptyBody:
+        """GET bytes [start, end); ``archpath``: a file in a shard; ``etl_name``: a transform."""
+        self._need_key(loc)
+        if start < 0 or (end is not None and end < start):
+            raise RangeError(f"invalid byte range [{start}, {end}) of {loc.url}", url=loc.url)
+        if end is not None and end == start:
+            info = await self.head(loc)
+            self._check_etag(loc, etag, info.etag)
+            if start > info.size:
+                raise RangeError(f"offset {start} is past the end of {loc.url} ({info.size} bytes)",
+                                 url=loc.url)
+            return _EmptyBody(info.size, info.etag)
+        headers = {}
+        if end is not None:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+        elif start:
+            headers["Range"] = f"bytes={start}-"
+        params = {}
+        if archpath:
+            params["archpath"] = archpath
+        if etl_name:
+            params["etl_name"] = etl_name
+            if etl_args:
+                params["etl_args"] = etl_args
+        resp = await self._object_request("GET", loc, params=params, headers=headers, stream=True)
+        if resp.status_code == 416:
+            total = resp.headers.get("content-range", "").rpartition("/")[2]
+            if total.isdigit() and int(total) == start:
+                await resp.aclose()
+                return _EmptyBody(start, None)
+        try:
+            await self._checked(resp, loc)
+            got = _etag(resp.headers)
+            self._check_etag(loc, etag, got)
+        except BaseException:
+            await resp.aclose()
+            raise
+        if "Range" in headers and resp.status_code == 200:
+            await resp.aclose()
+            raise RequestError(f"{loc.url}: the server ignored the byte range", url=loc.url)
+        return _AISBody(resp, _total_size(resp), got)
+
+    @staticmethod
+    def _check_etag(loc: Location, expected: str | None, got: str | None) -> None:
+        if expected is not None and got is not None and expected != got:
+            raise ObjectChangedError(f"{loc.url} changed while it was being read", url=loc.url)
+
+    async def put(self, loc: Location, data: memoryview) -> ObjectInfo:
+        self._need_key(loc)
+        resp = await self._call(loc, "PUT", body=data)
+        size = len(_byte_view(data))
+        if _etag(resp.headers) is None:
+            return await self.head(loc)
+        return self._info(loc, resp.headers, size)
+
+    async def create_upload(self, loc: Location) -> _AISUpload:
+        self._need_key(loc)
+        msg = {"action": "mpt-upload", "name": "", "value": None}
+        resp = await self._call(loc, "POST", json_body=msg)
+        upload_id = resp.text.strip().strip('"')
+        if not upload_id:
+            raise RequestError(f"{loc.url}: the cluster returned no multipart upload ID",
+                               url=loc.url)
+        return _AISUpload(self, loc, upload_id)
+
+    async def delete(self, loc: Location) -> None:
+        self._need_key(loc)
+        await self._call(loc, "DELETE")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # -- AIS-only --
+
+    async def get_batch(self, locs: Sequence[Location],
+                        archpaths: Sequence[str | None] | None = None) -> builtins.list[bytes]:
+        """Many objects (or files inside shards) in one GetBatch (``/v1/ml/moss``) request.
+
+        Results are in the order asked; a missing object or file raises ObjectNotFoundError.
+        """
+        if not locs:
+            return []
+        paths = list(archpaths) if archpaths is not None else [None] * len(locs)
+        if len(paths) != len(locs):
+            raise ValueError("archpaths must have one entry per location")
+        items = []
+        for loc, archpath in zip(locs, paths, strict=True):
+            self._need_key(loc)
+            item = {"objname": loc.key, "bucket": loc.bucket, "provider": loc.provider}
+            if archpath:
+                item["archpath"] = archpath
+            items.append(item)
+        body = json.dumps({"in": items, "mime": ".tar", "coer": False, "onob": False,
+                           "strm": True}).encode()
+        first = locs[0]
+
+        async def attempt() -> bytes:
+            resp = await self._gateway_request(
+                "GET", first, "/v1/ml/moss", body=body,
+                headers={"Content-Type": "application/json"})
+            await self._checked(resp, first)
+            return resp.content
+
+        archive = await retrying(attempt, self._policy, first.url, anyio.sleep)
+        out: builtins.list[bytes] = []
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                if member.name.startswith("__404__/"):
+                    loc = locs[len(out)] if len(out) < len(locs) else first
+                    raise ObjectNotFoundError(f"{loc.url}: missing from the batch", url=loc.url)
+                data = tar.extractfile(member)
+                out.append(data.read() if data is not None else b"")
+        if len(out) != len(locs):
+            raise RequestError(f"{first.url}: the batch returned {len(out)} of {len(locs)} items",
+                               url=first.url)
+        return out
