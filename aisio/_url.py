@@ -18,6 +18,10 @@ _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _AIS_PROVIDERS = {"ais": "ais", "aws": "aws", "s3": "aws", "gcp": "gcp", "gs": "gcp", "azure": "azure", "az": "azure", "oci": "oci", "ht": "ht"}
 
 
+# ais://bucket/key?provider=aws: the one query a URL may carry (keys may hold '?' too)
+_PROVIDER_SUFFIX = re.compile(r"\?provider=(" + "|".join(_AIS_PROVIDERS) + r")$")
+
+
 @dataclass(frozen=True)
 class Location:
     """A parsed object URL: ``scheme://bucket/key``; for files, bucket is '' and key the path.
@@ -84,14 +88,9 @@ def parse_url(url: object) -> Location:
     if scheme not in SCHEMES and scheme not in _AIS_PROVIDERS:
         raise InvalidURLError(f"unsupported URL scheme {scheme!r} in {redact(url)} (use s3://, ais:// or file://)", url=redact(url))
     provider = "ais"
-    if scheme == "ais" and "?" in rest:
-        rest, _, query = rest.partition("?")
-        for pair in query.split("&"):
-            name, _, value = pair.partition("=")
-            if name == "provider" and value in _AIS_PROVIDERS:
-                provider = _AIS_PROVIDERS[value]
-            elif name:
-                raise InvalidURLError(f"unknown query parameter {name!r} in {redact(url)}", url=redact(url))
+    suffix = _PROVIDER_SUFFIX.search(rest) if scheme == "ais" else None
+    if suffix is not None:
+        rest, provider = rest[: suffix.start()], _AIS_PROVIDERS[suffix.group(1)]
     elif scheme not in SCHEMES:
         # aistore SDK style paths: aws://bucket/obj, gcp://... are AIS buckets of that provider
         provider, scheme = _AIS_PROVIDERS[scheme], "ais"
