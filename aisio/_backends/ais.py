@@ -1,4 +1,8 @@
-"""``ais://bucket/key`` through an AIStore cluster's native HTTP API, with httpx.
+"""``ais://bucket/key`` through an AIStore cluster's native HTTP API.
+
+Control requests (HEAD, list, PUT, multipart, delete, GetBatch) use httpx; data GETs use
+aisio's zero-copy HTTP/1.1 pool (``aisio._http``), which reads bodies straight into the
+caller's buffer.
 
 Object requests go to the gateway (``AISOptions.endpoint``), which answers with a 307 to
 the target that stores the object. We follow that redirect ourselves, so every host keeps
@@ -24,15 +28,17 @@ import json
 import ssl
 import tarfile
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import parse_qs, quote, urljoin, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urljoin, urlsplit
 
 import anyio
 import httpx
 import msgpack
 
+from .. import _http
 from .._config import ClientConfig
 from .._retry import RetryPolicy, retrying
 from .._types import ObjectInfo
@@ -72,13 +78,12 @@ def _etag(headers: Mapping[str, str]) -> str | None:
     return etag.strip('"') if etag else None
 
 
-def _total_size(response: httpx.Response) -> int:
+def _total_size(headers: Mapping[str, str]) -> int:
     """Object size from ``Content-Range: bytes a-b/size`` or, for a 200, Content-Length."""
-    content_range = response.headers.get("content-range", "")
-    total = content_range.rpartition("/")[2]
+    total = headers.get("content-range", "").rpartition("/")[2]
     if total.isdigit():
         return int(total)
-    length = response.headers.get("content-length", "")
+    length = headers.get("content-length", "")
     return int(length) if length.isdigit() else -1
 
 
@@ -86,40 +91,33 @@ def _byte_view(view: memoryview) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-class _AISBody:
-    """The body of one streamed GET; the only code on the data path (httpx, for now)."""
+@dataclass
+class _Resp:
+    """A response of either transport (httpx or ``_http``), its body not yet read."""
 
-    def __init__(self, response: httpx.Response, object_size: int, etag: str | None) -> None:
+    status: int
+    headers: Mapping[str, str]
+    stream: httpx.Response | _http.Response
+
+    async def read(self) -> bytes:
+        if isinstance(self.stream, httpx.Response):
+            return await self.stream.aread()
+        return await self.stream.read()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class _AISBody:
+    """The body of one data GET: the ``_http`` response reads into the caller's buffer."""
+
+    def __init__(self, response: _http.Response, object_size: int, etag: str | None) -> None:
         self._response = response
-        self._chunks = response.aiter_raw()
-        self._pending = memoryview(b"")
-        self._error: BaseException | None = None
         self.object_size = object_size
         self.etag = etag
 
     async def readinto(self, view: memoryview) -> int:
-        """Fill ``view`` as far as the body goes; an error after some bytes waits a call."""
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        view = _byte_view(view)
-        got = 0
-        while got < len(view):
-            if not self._pending:
-                try:
-                    self._pending = memoryview(await self._chunks.__anext__())
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:
-                    if not got:
-                        raise
-                    self._error = exc
-                    break
-            n = min(len(view) - got, len(self._pending))
-            view[got:got + n] = self._pending[:n]
-            self._pending = self._pending[n:]
-            got += n
-        return got
+        return await self._response.readinto(view)
 
     async def aclose(self) -> None:
         await self._response.aclose()
@@ -172,7 +170,7 @@ class _AISUpload:
 
 
 class AISBackend:
-    """One httpx client per backend; a keep-alive pool per cluster host."""
+    """httpx for control requests, ``_http`` for data GETs; a keep-alive pool per host."""
 
     min_part_size = 5 * 2**20  # what AIS asks of parts for buckets backed by S3
 
@@ -190,15 +188,22 @@ class AISBackend:
         self._trusted = {self._origin(endpoint)} if endpoint else set()
         self._targets: collections.OrderedDict[tuple[str, str, str], str] = (
             collections.OrderedDict())
-        verify: ssl.SSLContext | bool = config.verify_tls
-        if config.ca_bundle:
-            verify = ssl.create_default_context(cafile=config.ca_bundle)
+        context = ssl.create_default_context(cafile=config.ca_bundle)
+        if not config.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
             limits=httpx.Limits(max_connections=None,
-                                max_keepalive_connections=2 * config.max_concurrency),
-            verify=verify,
+                                max_keepalive_connections=config.max_concurrency),
+            verify=context,
             follow_redirects=False,
+        )
+        self._pool = _http.HTTPPool(
+            max_connections_per_host=config.max_concurrency,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            ssl_context=context,
         )
 
     def __repr__(self) -> str:
@@ -234,13 +239,18 @@ class AISBackend:
     async def _send(
         self, method: str, url: str, *, params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None, body: bytes | memoryview | None = None,
-        stream: bool = False,
-    ) -> httpx.Response:
-        """One request; the token goes only to the gateway and the hosts it sent us to."""
+        fast: bool = False,
+    ) -> _Resp:
+        """One request, body unread; the token goes only to the gateway and its targets."""
+        if params:
+            url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
         hdrs = dict(headers or {})
         if self._token and self._origin(url) in self._trusted:
             hdrs["Authorization"] = f"Bearer {self._token}"
-        content: Any = None
+        if fast:
+            data = await self._pool.request(method, url, headers=hdrs, body=body)
+            return _Resp(data.status, data.headers, data)
+        content: Any = body
         if isinstance(body, memoryview):
             view = _byte_view(body)
             hdrs["Content-Length"] = str(len(view))
@@ -249,17 +259,15 @@ class AISBackend:
                 yield view
 
             content = once() if len(view) else b""
-        else:
-            content = body
-        request = self._client.build_request(method, url, params=params, headers=hdrs,
-                                             content=content)
-        return await self._client.send(request, stream=stream)
+        request = self._client.build_request(method, url, headers=hdrs, content=content)
+        resp = await self._client.send(request, stream=True)
+        return _Resp(resp.status_code, resp.headers, resp)
 
     async def _object_request(
         self, method: str, loc: Location, *, params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None, body: bytes | memoryview | None = None,
-        stream: bool = False,
-    ) -> httpx.Response:
+        fast: bool = False,
+    ) -> _Resp:
         """An object request: to the cached target, else via the gateway's redirect."""
         gateway = self._need_gateway(loc)
         path = self._object_path(loc)
@@ -269,20 +277,20 @@ class AISBackend:
         if origin is not None:
             try:
                 resp = await self._send(method, origin + path, params=query, headers=headers,
-                                        body=body, stream=stream)
-            except httpx.TransportError:
+                                        body=body, fast=fast)
+            except (httpx.TransportError, OSError):
                 self._targets.pop(key, None)
                 raise
-            if resp.status_code not in (401, 403, 404) and resp.status_code not in _REDIRECTS:
-                if resp.status_code >= 500:
-                    self._targets.pop(key, None)  # next try asks the gateway
+            if resp.status not in (401, 403, 404) and resp.status not in _REDIRECTS:
+                if resp.status >= 500:
+                    self._targets.pop(key, None)  # the next try asks the gateway
                 return resp
             await resp.aclose()
             self._targets.pop(key, None)
         # The gateway needs no body to redirect: do not upload it twice.
         probe = b"" if method == "PUT" else body
         resp = await self._send(method, gateway + path, params=query, headers=headers,
-                                body=probe, stream=stream)
+                                body=probe, fast=fast)
         target = await self._redirect_target(resp, gateway)
         if target is None:
             return resp
@@ -290,24 +298,23 @@ class AISBackend:
             self._targets[key] = self._origin(target)
             if len(self._targets) > _MAX_CACHED_TARGETS:
                 self._targets.popitem(last=False)
-        return await self._send(method, target, headers=headers, body=body, stream=stream)
+        return await self._send(method, target, headers=headers, body=body, fast=fast)
 
-    async def _redirect_target(self, resp: httpx.Response, gateway: str) -> str | None:
+    async def _redirect_target(self, resp: _Resp, gateway: str) -> str | None:
         """The URL a gateway's redirect points to (now a trusted host), or None."""
-        if resp.status_code not in _REDIRECTS or "location" not in resp.headers:
+        if resp.status not in _REDIRECTS or "location" not in resp.headers:
             return None
         await resp.aclose()
         target = urljoin(gateway + "/", resp.headers["location"])
         if urlsplit(target).scheme not in ("http", "https"):
-            raise RequestError("the AIS gateway redirected to a non-HTTP URL",
-                               status=resp.status_code)
+            raise RequestError("the AIS gateway redirected to a non-HTTP URL", status=resp.status)
         self._trusted.add(self._origin(target))
         return target
 
     async def _gateway_request(
         self, method: str, loc: Location, path: str, *, params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None, body: bytes | None = None,
-    ) -> httpx.Response:
+    ) -> _Resp:
         """A request the gateway answers itself or redirects once (buckets, moss)."""
         gateway = self._need_gateway(loc)
         resp = await self._send(method, gateway + path, params=params, headers=headers, body=body)
@@ -316,23 +323,21 @@ class AISBackend:
             return resp
         return await self._send(method, target, headers=headers, body=body)
 
-    async def _error(self, resp: httpx.Response, loc: Location) -> AisioError:
+    async def _error(self, resp: _Resp, loc: Location) -> AisioError:
         """The aisio error for an AIS error reply (JSON body, or Hdr-Error for HEAD)."""
-        raw = resp.headers.get("hdr-error", "")
-        if not raw:
-            with_body = await resp.aread()
-            raw = with_body.decode("utf-8", "replace")
-        await resp.aclose()
-        message = raw
         try:
+            raw = resp.headers.get("hdr-error", "")
+            if not raw:
+                raw = (await resp.read()).decode("utf-8", "replace")
+        finally:
+            await resp.aclose()
+        message = raw
+        with contextlib.suppress(ValueError):
             parsed = json.loads(raw)
             if isinstance(parsed, dict) and parsed.get("message"):
                 message = str(parsed["message"])
-        except ValueError:
-            pass
-        status = resp.status_code
-        text = self._scrub(f"{loc.url}: {message.strip()[:500] or resp.reason_phrase} "
-                           f"(HTTP {status})")
+        status = resp.status
+        text = self._scrub(f"{loc.url}: {message.strip()[:500] or 'error'} (HTTP {status})")
         url = loc.url
         if status == 404:
             return ObjectNotFoundError(text, url=url)
@@ -347,35 +352,36 @@ class AISBackend:
             retry_after = float(resp.headers.get("retry-after", ""))
         return RequestError(text, url=url, status=status, retry_after=retry_after)
 
-    async def _checked(self, resp: httpx.Response, loc: Location) -> httpx.Response:
-        if resp.status_code >= 300:
+    async def _read(self, resp: _Resp, loc: Location) -> tuple[Mapping[str, str], bytes]:
+        """Headers and whole body of a successful reply; the mapped error otherwise."""
+        if resp.status >= 300:
             raise await self._error(resp, loc)
-        return resp
+        try:
+            return resp.headers, await resp.read()
+        finally:
+            await resp.aclose()
 
     async def _call(
         self, loc: Location, method: str, *, params: Mapping[str, str] | None = None,
         body: bytes | memoryview | None = None, json_body: Any = None,
-    ) -> httpx.Response:
+    ) -> tuple[Mapping[str, str], bytes]:
         """A whole (unstreamed) object request, retried on transient failures."""
         headers = None
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers = {"Content-Type": "application/json"}
 
-        async def attempt() -> httpx.Response:
+        async def attempt() -> tuple[Mapping[str, str], bytes]:
             resp = await self._object_request(method, loc, params=params, headers=headers,
                                               body=body)
-            return await self._checked(resp, loc)
+            return await self._read(resp, loc)
 
         return await retrying(attempt, self._policy, loc.url, anyio.sleep)
 
     def _info(self, loc: Location, headers: Mapping[str, str], size: int) -> ObjectInfo:
         modified: datetime | None = None
-        if headers.get("last-modified"):
-            try:
-                modified = parsedate_to_datetime(headers["last-modified"])
-            except (TypeError, ValueError):
-                modified = None
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            modified = parsedate_to_datetime(headers["last-modified"])
         return ObjectInfo(loc.url, size, _etag(headers), modified,
                           headers.get("ais-version") or None)
 
@@ -383,8 +389,8 @@ class AISBackend:
 
     async def head(self, loc: Location) -> ObjectInfo:
         self._need_key(loc)
-        resp = await self._call(loc, "HEAD", params={"props": _HEAD_PROPS})
-        return self._info(loc, resp.headers, int(resp.headers.get("content-length") or 0))
+        headers, _ = await self._call(loc, "HEAD", params={"props": _HEAD_PROPS})
+        return self._info(loc, headers, int(headers.get("content-length") or 0))
 
     async def list(self, loc: Location, *, recursive: bool = True) -> AsyncIterator[ObjectInfo]:
         flags = 0 if recursive else _LS_NO_RECURSION | _LS_NO_DIRS
@@ -400,8 +406,7 @@ class AISBackend:
             async def page(body: bytes = body) -> dict[str, Any]:
                 resp = await self._gateway_request("GET", loc, path, headers=headers, body=body,
                                                    params={"provider": loc.provider})
-                await self._checked(resp, loc)
-                return self._decode_page(resp)
+                return _decode_page(*await self._read(resp, loc))
 
             data = await retrying(page, self._policy, loc.url, anyio.sleep)
             for entry in data["entries"]:
@@ -418,19 +423,6 @@ class AISBackend:
             if not token:
                 return
 
-    @staticmethod
-    def _decode_page(resp: httpx.Response) -> dict[str, Any]:
-        """A list-objects page, msgpack or JSON, in msgpack's short entry keys."""
-        if _MSGPACK in resp.headers.get("content-type", ""):
-            raw = msgpack.unpackb(resp.content, raw=False)
-            return {"uuid": raw.get("UUID") or "", "token": raw.get("ContinuationToken") or "",
-                    "entries": raw.get("Entries") or []}
-        raw = resp.json()
-        entries = [{_JSON_KEYS.get(k, k): v for k, v in e.items()}
-                   for e in raw.get("entries") or []]
-        return {"uuid": raw.get("uuid") or "", "token": raw.get("continuation_token") or "",
-                "entries": entries}
-
     async def open_body(
         self, loc: Location, start: int, end: int | None, *, etag: str | None = None,
         archpath: str | None = None, etl_name: str | None = None, etl_args: str | None = None,
@@ -443,8 +435,8 @@ class AISBackend:
             info = await self.head(loc)
             self._check_etag(loc, etag, info.etag)
             if start > info.size:
-                raise RangeError(f"offset {start} is past the end of {loc.url} ({info.size} bytes)",
-                                 url=loc.url)
+                raise RangeError(f"offset {start} is past the end of {loc.url} "
+                                 f"({info.size} bytes)", url=loc.url)
             return _EmptyBody(info.size, info.etag)
         headers = {}
         if end is not None:
@@ -458,23 +450,22 @@ class AISBackend:
             params["etl_name"] = etl_name
             if etl_args:
                 params["etl_args"] = etl_args
-        resp = await self._object_request("GET", loc, params=params, headers=headers, stream=True)
-        if resp.status_code == 416:
-            total = resp.headers.get("content-range", "").rpartition("/")[2]
-            if total.isdigit() and int(total) == start:
-                await resp.aclose()
-                return _EmptyBody(start, None)
+        resp = await self._object_request("GET", loc, params=params, headers=headers, fast=True)
+        if resp.status == 416 and _total_size(resp.headers) == start:
+            await resp.aclose()
+            return _EmptyBody(start, None)
+        if resp.status >= 300:
+            raise await self._error(resp, loc)
+        got = _etag(resp.headers)
         try:
-            await self._checked(resp, loc)
-            got = _etag(resp.headers)
             self._check_etag(loc, etag, got)
+            if "Range" in headers and resp.status == 200:
+                raise RequestError(f"{loc.url}: the server ignored the byte range", url=loc.url)
         except BaseException:
             await resp.aclose()
             raise
-        if "Range" in headers and resp.status_code == 200:
-            await resp.aclose()
-            raise RequestError(f"{loc.url}: the server ignored the byte range", url=loc.url)
-        return _AISBody(resp, _total_size(resp), got)
+        assert isinstance(resp.stream, _http.Response)
+        return _AISBody(resp.stream, _total_size(resp.headers), got)
 
     @staticmethod
     def _check_etag(loc: Location, expected: str | None, got: str | None) -> None:
@@ -483,17 +474,16 @@ class AISBackend:
 
     async def put(self, loc: Location, data: memoryview) -> ObjectInfo:
         self._need_key(loc)
-        resp = await self._call(loc, "PUT", body=data)
-        size = len(_byte_view(data))
-        if _etag(resp.headers) is None:
+        headers, _ = await self._call(loc, "PUT", body=data)
+        if _etag(headers) is None:
             return await self.head(loc)
-        return self._info(loc, resp.headers, size)
+        return self._info(loc, headers, len(_byte_view(data)))
 
     async def create_upload(self, loc: Location) -> _AISUpload:
         self._need_key(loc)
         msg = {"action": "mpt-upload", "name": "", "value": None}
-        resp = await self._call(loc, "POST", json_body=msg)
-        upload_id = resp.text.strip().strip('"')
+        _, reply = await self._call(loc, "POST", json_body=msg)
+        upload_id = reply.decode("utf-8", "replace").strip().strip('"')
         if not upload_id:
             raise RequestError(f"{loc.url}: the cluster returned no multipart upload ID",
                                url=loc.url)
@@ -504,7 +494,10 @@ class AISBackend:
         await self._call(loc, "DELETE")
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        try:
+            await self._pool.aclose()
+        finally:
+            await self._client.aclose()
 
     # -- AIS-only --
 
@@ -516,7 +509,7 @@ class AISBackend:
         """
         if not locs:
             return []
-        paths = list(archpaths) if archpaths is not None else [None] * len(locs)
+        paths = builtins.list(archpaths) if archpaths is not None else [None] * len(locs)
         if len(paths) != len(locs):
             raise ValueError("archpaths must have one entry per location")
         items = []
@@ -534,8 +527,7 @@ class AISBackend:
             resp = await self._gateway_request(
                 "GET", first, "/v1/ml/moss", body=body,
                 headers={"Content-Type": "application/json"})
-            await self._checked(resp, first)
-            return resp.content
+            return (await self._read(resp, first))[1]
 
         archive = await retrying(attempt, self._policy, first.url, anyio.sleep)
         out: builtins.list[bytes] = []
@@ -552,3 +544,15 @@ class AISBackend:
             raise RequestError(f"{first.url}: the batch returned {len(out)} of {len(locs)} items",
                                url=first.url)
         return out
+
+
+def _decode_page(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """A list-objects page, msgpack or JSON, with msgpack's short entry keys."""
+    if _MSGPACK in headers.get("content-type", ""):
+        raw = msgpack.unpackb(body, raw=False)
+        return {"uuid": raw.get("UUID") or "", "token": raw.get("ContinuationToken") or "",
+                "entries": raw.get("Entries") or []}
+    raw = json.loads(body)
+    entries = [{_JSON_KEYS.get(k, k): v for k, v in e.items()} for e in raw.get("entries") or []]
+    return {"uuid": raw.get("uuid") or "", "token": raw.get("continuation_token") or "",
+            "entries": entries}
