@@ -218,7 +218,10 @@ class TarDecoder:
             return self._on_header()
         if self._phase is _Phase.DATA:
             return self._on_data()
-        self._expect_header()
+        if self._remaining:
+            self._next_target()
+        else:
+            self._expect_header()
         return None
 
     def _fail(self, message: str) -> ShardFormatError:
