@@ -19,7 +19,7 @@ import re
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from ._url import redact
@@ -132,8 +132,7 @@ class _Conn(asyncio.BufferedProtocol):
     # -- asyncio callbacks: keep these lean, they run once per socket read --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def get_buffer(self, sizehint: int) -> memoryview:
         target = self._target
@@ -231,6 +230,8 @@ class _Conn(asyncio.BufferedProtocol):
     async def read_into(self, view: memoryview) -> int:
         """Fill ``view``: buffered bytes first, then straight from the socket; short only at EOF."""
         want = len(view)
+        if not want:
+            return 0  # an empty buffer handed to the transport would be a fatal error
         n = self._end - self._pos
         if n:
             if n > want:

@@ -292,6 +292,13 @@ async def test_content_length_body_in_any_view_size(
     assert await resp.readinto(memoryview(bytearray(10))) == 0  # stays at the end
 
 
+async def test_empty_view_reads_nothing(server: Server, pool: HTTPPool) -> None:
+    for path in ("/data?n=100", "/close?n=100", "/chunked?sizes=100"):
+        resp = await pool.request("GET", server.url(path))
+        assert await resp.readinto(memoryview(bytearray(0))) == 0
+        assert await resp.read() == pattern(100)
+
+
 async def test_readinto_lands_in_typed_buffers(server: Server, pool: HTTPPool) -> None:
     ints = array.array("i", [0]) * 1000
     resp = await pool.request("GET", server.url("/data?n=4000"))
