@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from concurrent.futures import CancelledError, Future
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -92,7 +93,10 @@ def _portal() -> BlockingPortal:
 
 def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run ``fn(*args)`` on the loop thread and wait; an interrupted wait cancels it."""
-    future = _portal().start_task_soon(fn, *args)
+    return _wait(_portal().start_task_soon(fn, *args))
+
+
+def _wait(future: Future[T]) -> T:
     try:
         return future.result()
     except BaseException:
@@ -128,6 +132,12 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {'closed' if self._closed else 'open'}>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}  # connections never cross processes
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"])  # type: ignore[misc]
 
     def __enter__(self) -> Client:
         return self
@@ -224,11 +234,22 @@ class Reader(io.BufferedIOBase):
         super().__init__()
         self._r = areader
         self._pid = os.getpid()
+        self._pending: Future[Any] | None = None
         self.name = areader.url
 
     def __del__(self) -> None:
         if not self._r.closed:
             _run_soon(self._r.aclose, self._pid)
+
+    def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Like ``run``, but ``close()`` from another thread cancels the call."""
+        self._pending = future = _portal().start_task_soon(fn, *args)
+        try:
+            return _wait(future)
+        except CancelledError:
+            raise ClosedError(f"{self._r.url} was closed during a read", url=self._r.url) from None
+        finally:
+            self._pending = None
 
     def __repr__(self) -> str:
         return f"<aisio.Reader {self._r.url} pos={self._r._pos}>"
@@ -255,7 +276,7 @@ class Reader(io.BufferedIOBase):
             n = self.readinto(buf)
             del buf[n:]
             return bytes(buf)
-        return run(self._r.read, size)
+        return self._run(self._r.read, size)
 
     read1 = read
 
@@ -264,7 +285,7 @@ class Reader(io.BufferedIOBase):
         got = self._r.read_nowait(view)
         if got is not None:
             return got
-        return run(self._r.readinto, view)
+        return self._run(self._r.readinto, view)
 
     readinto1 = readinto
 
@@ -277,6 +298,9 @@ class Reader(io.BufferedIOBase):
         if self._pid != os.getpid():
             self._r.closed = True  # the parent's reader: its connection is not ours to use
             return
+        pending = self._pending
+        if pending is not None:
+            pending.cancel()
         run(self._r.aclose)
 
     @property

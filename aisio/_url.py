@@ -104,9 +104,19 @@ _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|Expires|token|sig|se|sp|sv)=)[^&#\s]*"
 )
 _USERINFO = re.compile(r"(://)[^/@\s]*@")
+# header values in logged requests: X-Amz-Security-Token: b'...', 'Authorization': '...'
+_SECRET_HEADER = re.compile(
+    r"(?i)((?:x-amz-security-token|authorization|x-amz-server-side-encryption-customer-key)"
+    r"['\"]?\s*[:=]\s*b?['\"]?)[^'\",}\r\n]+"
+)
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_SIGNATURE = re.compile(r"(Signature=)[0-9a-fA-F]+")
 
 
 def redact(text: str) -> str:
-    """Strip signatures, credentials and tokens from a URL or message."""
+    """Strip signatures, credentials and tokens from a URL, message or logged request."""
     text = _USERINFO.sub(r"\1", text)
-    return _SECRET_QUERY.sub(r"\1REDACTED", text)
+    text = _SECRET_QUERY.sub(r"\1REDACTED", text)
+    text = _SECRET_HEADER.sub(r"\1REDACTED", text)
+    text = _BEARER.sub(r"\1REDACTED", text)
+    return _SIGNATURE.sub(r"\1REDACTED", text)

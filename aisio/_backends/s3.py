@@ -186,6 +186,8 @@ class S3Backend:
         from aiobotocore.config import AioConfig
         from aiobotocore.session import AioSession
 
+        from .._logging import guard_sdk_loggers
+
         cfg, opts = self._config, self._config.s3
         session = AioSession(profile=opts.profile)
         extra: dict[str, Any] = {}
@@ -214,6 +216,7 @@ class S3Backend:
             config=aio_config,
         ))
         self._stack = stack
+        guard_sdk_loggers()
         return client
 
     def _params(self, loc: Location, **kwargs: Any) -> dict[str, Any]:
