@@ -1,0 +1,35 @@
+"""Sessions: tests, lint, types, quickstart (and bench, docs as they arrive)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "types", "quickstart"]
+nox.options.reuse_existing_virtualenvs = True
+INSTALL = ("-c", "constraints.txt", "-e")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite, servers included."""
+    session.install(*INSTALL, ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "aisio", "tests", "examples", "noxfile.py")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    session.install(*INSTALL, ".[dev]")
+    session.run("mypy", "aisio")
+
+
+@nox.session
+def quickstart(session: nox.Session) -> None:
+    """The README's first command."""
+    session.install(*INSTALL, ".[torch]")
+    session.run("python", "examples/quickstart.py")
