@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -105,6 +106,14 @@ class ClientConfig:
                 values[f.name] = _parse(f.type, raw)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS settings as an SSLContext: system CAs or ``ca_bundle``, verified by default."""
+        context = ssl.create_default_context(cafile=self.ca_bundle)
+        if not self.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
     def replace(self, **changes: object) -> ClientConfig:
         """A copy with some fields changed."""
