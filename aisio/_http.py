@@ -3,9 +3,9 @@
 The socket is read by an ``asyncio.BufferedProtocol`` whose ``get_buffer()`` hands the
 transport a slice of the memoryview given to ``Response.readinto``, so the kernel (or the
 TLS layer) copies body bytes straight into it. Only the status line, headers, chunk-size
-lines, and body bytes that arrive in the same packet as those, pass through a small
-per-connection buffer. Reading is paused whenever no caller buffer is waiting, so a slow
-consumer holds no more than that buffer (and the socket's) per connection.
+lines, reads under 64 KiB, and body bytes that arrive between two reads pass through a
+small per-connection buffer (256 KiB). Reading pauses once that buffer is full while no
+caller buffer waits, so a slow consumer holds no more than it (and the socket's buffer).
 
 Errors: transport failures are ``OSError`` (``ConnectError``, ``ServerDisconnectedError``,
 ``TimeoutError``), which the engine retries; a malformed response or an untrusted TLS
@@ -34,7 +34,9 @@ __all__ = [
     "ServerDisconnectedError",
 ]
 
-_SPILL = 64 * 1024  # head, chunk lines and the body bytes that come with them; max head size
+_SPILL = 256 * 1024  # per connection: head, chunk lines, small reads, bytes between reads
+_DIRECT = 64 * 1024  # reads at least this big go straight from the socket to the caller
+_MAX_LINE = 64 * 1024  # longest response head or chunk-size line accepted
 _READ_CHUNK = 256 * 1024  # read() of a body of unknown length, piece by piece
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -153,13 +155,13 @@ class _Conn(asyncio.BufferedProtocol):
             self._filled += nbytes
             if self._filled < self._want:
                 return
-            self._target = None
+            self._target = None  # later bytes go to _buf until it is full
         else:
             self._end += nbytes
-        # Nobody else has a buffer ready: stop reading until the next wait.
-        self._paused = True
-        assert self.transport is not None
-        self.transport.pause_reading()
+            if self._end - self._pos >= _SPILL:  # full: the socket holds the rest
+                self._paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -228,42 +230,49 @@ class _Conn(asyncio.BufferedProtocol):
                 waiter.exception()  # retrieved, even if we were cancelled meanwhile
 
     async def read_into(self, view: memoryview) -> int:
-        """Fill ``view``: buffered bytes first, then straight from the socket; short only at EOF."""
+        """Fill ``view``: buffered bytes first, then straight from the socket; short only at EOF.
+
+        The last few KiB of a view go through ``_buf`` instead: one larger socket read
+        then serves several small reads without a trip through the event loop.
+        """
         want = len(view)
-        if not want:
-            return 0  # an empty buffer handed to the transport would be a fatal error
-        n = self._end - self._pos
-        if n:
-            if n > want:
-                n = want
-            pos = self._pos
-            view[:n] = self._mv[pos : pos + n]
-            self._pos = pos + n
-            if n == want:
-                return n
-        if self.eof:
-            return n
-        self._target = view
-        self._filled = n
-        self._want = want
-        try:
-            await self._wait()
-        finally:
-            self._target = None
-        return self._filled
+        got = 0
+        while True:
+            n = self._end - self._pos
+            if n:
+                if n > want - got:
+                    n = want - got
+                pos = self._pos
+                view[got : got + n] = self._mv[pos : pos + n]
+                self._pos = pos + n
+                got += n
+            if got == want or self.eof:
+                return got
+            if want - got < _DIRECT:
+                await self._wait()
+                continue
+            self._target = view
+            self._filled = got
+            self._want = want
+            try:
+                await self._wait()
+            finally:
+                self._target = None
+            return self._filled
 
     async def read_until(self, sep: bytes) -> bytes:
-        """Bytes up to ``sep`` (consumed, not returned); a head or a line, at most _SPILL bytes."""
+        """Bytes up to ``sep`` (consumed, not returned): a head or a line, at most _MAX_LINE."""
         scanned = 0
         while True:
-            i = self._buf.find(sep, self._pos + scanned, self._end)
+            limit = min(self._end, self._pos + _MAX_LINE + len(sep))
+            i = self._buf.find(sep, self._pos + scanned, limit)
             if i >= 0:
                 data = bytes(self._mv[self._pos : i])
                 self._pos = i + len(sep)
                 return data
-            if self._end - self._pos >= _SPILL:
+            if self._end - self._pos >= _MAX_LINE + len(sep):
                 raise RequestError(
-                    f"malformed response from {self.where}: head or line over {_SPILL} bytes",
+                    f"malformed response from {self.where}: head or line over {_MAX_LINE} bytes",
                     url=self.where,
                 )
             if self.eof:
