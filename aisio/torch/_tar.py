@@ -383,9 +383,12 @@ class SampleGrouper:
         self.keys: set[str] = set() if keys is None else keys  # extensions seen so far
         self._key: str | None = None
         self._sample: dict[str, bytes] = {}
+        self._error: ShardFormatError | None = None  # raised once the sample before it is out
 
     def add(self, name: str, data: bytes) -> Sample | None:
         """Add one member; returns the previous sample when this member starts a new one."""
+        if self._error is not None:
+            raise self._error
         split = None if is_meta(name) else split_key(name)
         if split is None:
             return None
@@ -395,16 +398,21 @@ class SampleGrouper:
             done = self._emit()
             self._key, self._sample = key, {}
         if extension in self._sample or extension in _RESERVED:
-            raise ShardFormatError(
+            self._error = ShardFormatError(
                 f"duplicate extension {extension!r} in sample {key!r} (member {name!r})",
                 url=self.url,
             )
+            if done is None:
+                raise self._error
+            return done  # webdataset yields the finished sample, then raises
         self._sample[extension] = data
         self.keys.add(extension)
         return done
 
     def finish(self) -> Sample | None:
         """End of the shard: returns the last sample, if any."""
+        if self._error is not None:
+            raise self._error
         done = self._emit()
         self._key, self._sample = None, {}
         return done
