@@ -27,7 +27,7 @@ from ._types import ObjectInfo
 from ._writer import AsyncWriter
 from .errors import ClosedError
 
-__all__ = ["Client", "Reader", "Writer", "run"]
+__all__ = ["Client", "Reader", "Writer", "run", "submit"]
 
 T = TypeVar("T")
 _LIST_BATCH = 1000
@@ -94,6 +94,15 @@ def _portal() -> BlockingPortal:
 def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run ``fn(*args)`` on the loop thread and wait; an interrupted wait cancels it."""
     return _wait(_portal().start_task_soon(fn, *args))
+
+
+def submit(fn: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
+    """Start ``fn(*args)`` on the loop thread; cancelling the future cancels the task.
+
+    The building block of prefetching iterators: keep several futures in flight and
+    wait on them in order.
+    """
+    return _portal().start_task_soon(fn, *args)
 
 
 def _wait(future: Future[T]) -> T:
