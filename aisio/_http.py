@@ -572,6 +572,8 @@ class HTTPPool:
         if self._closed:
             raise ClosedError("the HTTP pool is closed")
         scheme, host, port, authority, target, where = _split_url(url)
+        if isinstance(body, memoryview) and (body.format != "B" or body.ndim != 1):
+            body = body.cast("B")  # transports slice what they could not send yet
         head = _request_head(method, authority, target, headers, body)
         key = (scheme, host, port)
         pool = self._hosts.get(key)
@@ -768,8 +770,7 @@ def _request_head(
         lines.insert(1, f"Host: {authority}\r\n")
     if "content-length" not in names and "transfer-encoding" not in names:
         if body is not None:
-            size = body.nbytes if isinstance(body, memoryview) else len(body)
-            lines.append(f"Content-Length: {size}\r\n")
+            lines.append(f"Content-Length: {len(body)}\r\n")
         elif method in ("PUT", "POST"):
             lines.append("Content-Length: 0\r\n")
     lines.append("\r\n")
