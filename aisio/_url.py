@@ -63,11 +63,7 @@ def parse_url(url: object) -> Location:
     if isinstance(url, os.PathLike):
         url = os.fspath(url)
     if not isinstance(url, str):
-        get_path = getattr(url, "get_path", None)  # aistore SDK objects and buckets
-        if callable(get_path):
-            url = str(get_path())
-        else:
-            raise InvalidURLError(f"not an object URL: {type(url).__name__} object", url=None)
+        url = _from_aistore_sdk(url)
     assert isinstance(url, str)
     if not url or "\x00" in url:
         raise InvalidURLError(f"empty or NUL-containing URL: {redact(url)!r}", url=redact(url))
@@ -98,6 +94,25 @@ def parse_url(url: object) -> Location:
     if not bucket or not _BUCKET.match(bucket) or (scheme == "s3" and "_" in bucket):
         raise InvalidURLError(f"invalid bucket name {bucket!r} in {redact(url)}", url=redact(url))
     return Location(scheme, bucket, key, provider)
+
+
+_SDK_PATH = re.compile(r"^([a-z]+)/@([^#/]*)#([^/]*)/([^/]+)/(.*)$")
+
+
+def _from_aistore_sdk(obj: object) -> str:
+    """The ais:// URL of an aistore SDK Bucket (``get_path()``) or Object (``uname``)."""
+    get_path = getattr(obj, "get_path", None)
+    path = get_path() if callable(get_path) else getattr(obj, "uname", None)
+    match = _SDK_PATH.match(path) if isinstance(path, str) else None
+    if match is None:
+        raise InvalidURLError(f"not an object URL: {type(obj).__name__} object", url=None)
+    provider, uuid, namespace, bucket, key = match.groups()
+    if uuid or namespace:
+        raise InvalidURLError(
+            f"AIS namespaces are not supported yet: bucket {bucket!r} in @{uuid}#{namespace}",
+            url=None)
+    suffix = "" if _AIS_PROVIDERS.get(provider, provider) == "ais" else f"?provider={provider}"
+    return f"ais://{bucket}/{key}{suffix}"
 
 
 _SECRET_QUERY = re.compile(
