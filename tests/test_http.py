@@ -6,6 +6,7 @@ import array
 import asyncio
 import contextlib
 import datetime
+import gc
 import hashlib
 import ipaddress
 import random
@@ -253,6 +254,7 @@ async def server() -> AsyncIterator[Server]:
     await srv.start()
     yield srv
     await srv.stop()
+    gc.collect()  # an unclosed transport would warn now, and warnings are errors
 
 
 @pytest.fixture
@@ -434,6 +436,18 @@ async def test_cancelled_readinto_closes_connection(server: Server, pool: HTTPPo
     assert asyncio.all_tasks() - set(server.tasks) == {asyncio.current_task()}
 
 
+async def test_cancelled_request_gives_its_slot_back(server: Server) -> None:
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=5) as pool:
+        task = asyncio.create_task(pool.request("GET", server.url("/stall-head")))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        resp = await asyncio.wait_for(pool.request("GET", server.url("/data?n=10")), 5)
+        assert await resp.read() == pattern(10)
+        assert server.connections == 2
+
+
 async def test_stale_idle_connection_is_replaced(server: Server, pool: HTTPPool) -> None:
     resp = await pool.request("GET", server.url("/drop-after?n=10"))
     assert await resp.read() == pattern(10)
@@ -602,3 +616,30 @@ async def test_https_verified_by_default_and_with_trusted_ca(tmp_path: Path) -> 
             assert p.stats().reused == 2
     finally:
         await srv.stop()
+
+
+def test_runs_on_uvloop() -> None:
+    """The optional faster loop: its transports call the same BufferedProtocol hooks."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        srv = Server()
+        await srv.start()
+        try:
+            async with HTTPPool(
+                max_connections_per_host=2, connect_timeout=5, read_timeout=0.3
+            ) as pool:
+                for view_size in (7, 1 << 20):
+                    resp = await pool.request("GET", srv.url("/data?n=3000000"))
+                    assert await read_all(resp, view_size) == pattern(3000000)
+                resp = await pool.request("GET", srv.url("/chunked?sizes=5,70000,3"))
+                assert await read_all(resp, 4096) == pattern(70008)
+                resp = await pool.request("GET", srv.url("/stall-body?n=1000"))
+                with pytest.raises(TimeoutError):
+                    await read_all(resp)
+                assert pool.stats().reused == 3
+        finally:
+            await srv.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
