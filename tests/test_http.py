@@ -87,7 +87,7 @@ class Server:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.tasks.add(task)  # type: ignore[arg-type]
+        self.tasks.add(task)
         self.connections += 1
         self.open += 1
         self.max_open = max(self.max_open, self.open)
@@ -116,7 +116,7 @@ class Server:
             writer.close()
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await writer.wait_closed()
-            self.tasks.discard(task)  # type: ignore[arg-type]
+            self.tasks.discard(task)
             self.closed.set()
 
 
