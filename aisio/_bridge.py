@@ -202,6 +202,10 @@ class Client:
                    max_gap: float = 2**20) -> list[memoryview]:
         return run(self.aclient.get_ranges, url, ranges, max_gap)
 
+    def get_ranges_into(self, url: object, segments: Sequence[tuple[int, Any]],
+                        max_gap: float = 2**20) -> None:
+        run(self.aclient.get_ranges_into, url, segments, max_gap)
+
     def open(self, url: object, reader: ReaderConstructor | None = None, *,
              info: ObjectInfo | None = None,
              ranges: Sequence[tuple[int, int]] | None = None) -> Reader:

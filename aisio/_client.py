@@ -107,6 +107,18 @@ class AsyncClient:
         loc, backend = self._object(url)
         return await self._engine.read_spans(backend, loc, list(ranges), max_gap)
 
+    async def get_ranges_into(
+        self, url: object, segments: Sequence[tuple[int, Any]], max_gap: float = MiB
+    ) -> None:
+        """Fill each (offset, buffer) with the object's bytes at that offset.
+
+        The zero-copy twin of ``get_ranges``: nearby segments share one GET whose bytes
+        land straight in the buffers (tensors included); segments must not overlap.
+        """
+        loc, backend = self._object(url)
+        views = [(offset, writable_view(buf)) for offset, buf in segments]
+        await self._engine.read_scatter(backend, loc, views, max_gap)
+
     async def open(
         self,
         url: object,

@@ -101,7 +101,8 @@ class API:
         return await fn(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("head", "get", "get_view", "get_into", "get_ranges", "put", "delete"):
+        if name in ("head", "get", "get_view", "get_into", "get_ranges", "get_ranges_into", "put",
+                    "delete"):
             return functools.partial(self.call, name)
         raise AttributeError(name)
 

@@ -262,3 +262,20 @@ async def test_object_replaced_mid_read_never_mixes_versions(api: API, store: St
         pass
     await ranged.close()
     await streamed.close()
+
+
+async def test_get_ranges_into_lands_bytes_in_caller_buffers(api: API, store: Store) -> None:
+    data = payload(11 * MiB, seed=9)
+    url = store.url("scatter.bin")
+    await api.put(url, data)
+    segments = [(0, 10), (100, 5000), (6 * MiB - 3, 2 * MiB), (10 * MiB, MiB)]
+    buffers = [bytearray(n) for _, n in segments]
+    tensor = torch.empty(MiB // 4, dtype=torch.float32)
+    before = api.statistics().requests
+    await api.get_ranges_into(url, [(s, b) for (s, _), b in zip(segments[:3], buffers, strict=False)]
+                              + [(10 * MiB, tensor)], max_gap=float("inf"))
+    assert [bytes(b) for b in buffers[:3]] == [data[s:s + n] for s, n in segments[:3]]
+    assert tensor.view(torch.uint8).numpy().tobytes() == data[10 * MiB:]
+    assert api.statistics().requests - before == 3  # one span, cut into 5 MiB parts
+    with pytest.raises(aisio.RangeError, match="scatter.bin"):
+        await api.get_ranges_into(url, [(11 * MiB - 1, bytearray(2))])

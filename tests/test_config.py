@@ -75,3 +75,16 @@ def test_redact_strips_signatures_and_userinfo() -> None:
     url = "https://user:pw@host/b/k?X-Amz-Signature=abc&X-Amz-Credential=AKIA/x&partNumber=2"
     out = redact(url)
     assert "abc" not in out and "AKIA" not in out and "pw@" not in out and "partNumber=2" in out
+
+
+@pytest.mark.parametrize("exc", [
+    aisio.ObjectNotFoundError("not found: s3://b/k", url="s3://b/k"),
+    aisio.TransientError("gave up", url="s3://b/k", attempts=5),
+    aisio.RequestError("boom", url="s3://b/k", status=503, retry_after=1.5),
+    aisio.ShardFormatError("bad tar", url="s3://b/s.tar", offset=1024),
+])
+def test_errors_survive_pickling_with_their_fields(exc: aisio.AisioError) -> None:
+    # DataLoader workers and DCP ranks send exceptions to other processes by pickle
+    clone = pickle.loads(pickle.dumps(exc))
+    assert type(clone) is type(exc) and str(clone) == str(exc)
+    assert clone.__dict__ == exc.__dict__
