@@ -89,7 +89,6 @@ class _Conn(asyncio.BufferedProtocol):
     __slots__ = (
         "_buf",
         "_end",
-        "_exc",
         "_filled",
         "_last",
         "_loop",
@@ -104,12 +103,16 @@ class _Conn(asyncio.BufferedProtocol):
         "_write_waiter",
         "closed",
         "eof",
+        "error",
+        "host",
         "received",
         "transport",
         "where",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float, where: str) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, read_timeout: float, where: str, host: _Host
+    ) -> None:
         self._loop = loop
         self._timeout = read_timeout
         self._buf = bytearray(_SPILL)
@@ -124,7 +127,8 @@ class _Conn(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._paused = False
-        self._exc: BaseException | None = None
+        self.error: BaseException | None = None  # why the connection was lost, if it failed
+        self.host = host  # the pool entry whose slot this connection holds while in use
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = loop.create_future()
         self.eof = False
@@ -173,7 +177,7 @@ class _Conn(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
-        self._exc = exc
+        self.error = exc
         self._wake()
         writer = self._write_waiter
         if writer is not None and not writer.done():
@@ -282,9 +286,9 @@ class _Conn(asyncio.BufferedProtocol):
 
     def disconnected(self, when: str) -> ServerDisconnectedError:
         """The error for a connection that ended too soon, with the transport's cause."""
-        cause = f": {self._exc}" if self._exc is not None else ""
+        cause = f": {self.error}" if self.error is not None else ""
         err = ServerDisconnectedError(f"connection to {self.where} closed {when}{cause}")
-        err.__cause__ = self._exc
+        err.__cause__ = self.error
         return err
 
     def send(self, head: bytes, body: bytes | memoryview | None) -> None:
@@ -298,7 +302,7 @@ class _Conn(asyncio.BufferedProtocol):
     async def drain(self) -> None:
         """Wait until the transport has room again (large PUT bodies)."""
         writer = self._write_waiter
-        if writer is None or self._exc is not None or self.eof:
+        if writer is None or self.eof:
             return
         try:
             await asyncio.wait_for(writer, self._timeout)
@@ -490,7 +494,7 @@ class Response:
         assert conn is not None
         n = await conn.read_into(view)
         if n < len(view):
-            if conn._exc is not None:
+            if conn.error is not None:
                 self._progress = n
                 raise conn.disconnected("in the middle of the body")
             self._finish()
@@ -541,7 +545,7 @@ class HTTPPool:
         self._read_timeout = read_timeout
         self._ssl_context = ssl_context
         self._hosts: dict[tuple[str, str, int], _Host] = {}
-        self._conns: dict[_Conn, _Host] = {}
+        self._conns: set[_Conn] = set()
         self._closed = False
         self._opened = 0
         self._reused = 0
@@ -585,12 +589,16 @@ class HTTPPool:
             conn = None
             reused = False
             try:
+                if self._closed:  # closed while we waited for a slot
+                    raise ClosedError("the HTTP pool is closed")
                 conn = self._checkout(pool)
                 if conn is None:
-                    conn = await self._connect(scheme, host, port, where)
-                    self._conns[conn] = pool
+                    conn = await self._connect(pool, scheme, host, port, where)
+                    self._conns.add(conn)
                 else:
                     reused = True
+                if self._closed:  # closed while we connected
+                    raise ClosedError("the HTTP pool is closed")
                 conn.where = where
                 return await self._exchange(conn, method, head, body)
             except BaseException as exc:
@@ -621,6 +629,8 @@ class HTTPPool:
         self._conns.clear()
         for host in self._hosts.values():
             host.idle.clear()
+            for _ in range(self._limit):  # wake every request waiting for a slot
+                host.slots.release()
         for conn in conns:
             conn.abort()
         pending = [conn.closed for conn in conns if not conn.closed.done()]
@@ -640,22 +650,18 @@ class HTTPPool:
 
     def _release(self, conn: _Conn, keep: bool) -> None:
         """Give a connection's slot back; park the connection if it can serve another request."""
-        pool = self._conns.get(conn)
-        if pool is None:  # the pool was closed meanwhile
-            conn.abort()
-            return
-        if keep and conn.reusable():
+        if keep and not self._closed and conn.reusable():
             conn.park()
-            pool.idle.append(conn)
+            conn.host.idle.append(conn)
         else:
             self._discard(conn)
-        pool.slots.release()
+        conn.host.slots.release()
 
     def _discard(self, conn: _Conn) -> None:
-        self._conns.pop(conn, None)
+        self._conns.discard(conn)
         conn.abort()
 
-    async def _connect(self, scheme: str, host: str, port: int, where: str) -> _Conn:
+    async def _connect(self, pool: _Host, scheme: str, host: str, port: int, where: str) -> _Conn:
         loop = asyncio.get_running_loop()
         context = None
         if scheme == "https":
@@ -667,7 +673,7 @@ class HTTPPool:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Conn(loop, self._read_timeout, where),
+                    lambda: _Conn(loop, self._read_timeout, where, pool),
                     host,
                     port,
                     ssl=context,

@@ -532,6 +532,19 @@ async def test_closed_pool_and_bad_urls(server: Server) -> None:
         await pool.request("GET", server.url("/data"))
 
 
+async def test_aclose_wakes_requests_waiting_for_a_slot(server: Server) -> None:
+    pool = HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=5)
+    held = await pool.request("GET", server.url("/stall-body?n=1000"))
+    waiting = asyncio.create_task(pool.request("GET", server.url("/data?n=10")))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await pool.aclose()
+    with pytest.raises(ClosedError):
+        await waiting
+    await held.aclose()
+    assert server.connections == 1
+
+
 # -- TLS --
 
 
