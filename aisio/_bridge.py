@@ -9,11 +9,13 @@ its GETs stop and their connections are closed.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import io
 import os
 import threading
-from concurrent.futures import CancelledError, Future
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import CancelledError, Future
 from typing import Any, TypeVar
 
 import anyio
@@ -120,10 +122,8 @@ def _run_soon(fn: Callable[..., Awaitable[Any]], pid: int) -> None:
         return
     if threading.current_thread() is thread:
         return
-    try:
+    with contextlib.suppress(RuntimeError):  # the portal stopped (interpreter shutdown)
         thread.portal.start_task_soon(fn)
-    except RuntimeError:  # the portal stopped (interpreter shutdown)
-        pass
 
 
 class Client:
@@ -175,8 +175,8 @@ class Client:
         """Objects under a prefix; pages are fetched as you iterate."""
         agen = self.aclient.list(prefix_url, recursive=recursive)
 
-        async def batch() -> list[ObjectInfo]:
-            out: list[ObjectInfo] = []
+        async def batch() -> builtins.list[ObjectInfo]:
+            out: builtins.list[ObjectInfo] = []
             async for info in agen:
                 out.append(info)
                 if len(out) >= _LIST_BATCH:
@@ -199,7 +199,7 @@ class Client:
         return run(self.aclient.get_into, url, buffer, start)
 
     def get_ranges(self, url: object, ranges: Sequence[tuple[int, int]],
-                   max_gap: float = 2**20) -> list[memoryview]:
+                   max_gap: float = 2**20) -> builtins.list[memoryview]:
         return run(self.aclient.get_ranges, url, ranges, max_gap)
 
     def get_ranges_into(self, url: object, segments: Sequence[tuple[int, Any]],
@@ -284,7 +284,7 @@ class Reader(io.BufferedIOBase):
         return self._r.seek(offset, whence)
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is not None and 0 <= size:
+        if size is not None and size >= 0:
             buf = bytearray(size)
             n = self.readinto(buf)
             del buf[n:]

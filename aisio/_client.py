@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from ._backends import Backend, create_backend
@@ -73,7 +74,9 @@ class AsyncClient:
         loc, backend = self._object(url)
         return await backend.head(loc)
 
-    async def list(self, prefix_url: object, *, recursive: bool = True) -> AsyncIterator[ObjectInfo]:
+    async def list(
+        self, prefix_url: object, *, recursive: bool = True
+    ) -> AsyncGenerator[ObjectInfo, None]:
         """Objects under a prefix, sizes included, fetched page by page as you iterate."""
         loc, backend = self.backend(prefix_url)
         async for info in backend.list(loc, recursive=recursive):
@@ -102,7 +105,7 @@ class AsyncClient:
 
     async def get_ranges(
         self, url: object, ranges: Sequence[tuple[int, int]], max_gap: float = MiB
-    ) -> list[memoryview]:
+    ) -> builtins.list[memoryview]:
         """One view per (start, end) range, in order; ranges nearer than ``max_gap`` share a GET."""
         loc, backend = self._object(url)
         return await self._engine.read_spans(backend, loc, list(ranges), max_gap)

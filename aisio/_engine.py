@@ -111,6 +111,7 @@ class Engine:
             raise _first_error(group) from None
         if error is not None:
             raise error
+        assert size is not None
         return view, size, etag
 
     async def read_spans(
@@ -297,7 +298,7 @@ class Stream:
                 if not view:
                     return 0
                 n = await self._body.readinto(view)
-                if n == 0 and self.position < self.end:
+                if n == 0 and self.position < self.object_size:
                     raise ConnectionError(
                         f"body of {self.loc.url} ended early at byte {self.position}")
             except Exception as exc:
@@ -319,7 +320,7 @@ class Stream:
             self._failures = 0
             self.position += n
             engine._bytes += n
-            if n == 0 or self.position >= self.end:
+            if n == 0 or self.position >= (self.object_size if self.end is None else self.end):
                 await self._drop()
             return n
 

@@ -50,7 +50,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None,
               rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait before try number ``attempt + 1`` (``attempt`` >= 1 tries done)."""
-        backoff = rand() * min(self.cap, self.base * 2 ** (attempt - 1))
+        backoff: float = rand() * min(self.cap, self.base * 2.0 ** (attempt - 1))
         if retry_after is not None:
             return max(backoff, min(retry_after, self.cap))
         return backoff

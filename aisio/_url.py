@@ -15,7 +15,10 @@ SCHEMES = ("s3", "ais", "file")
 # S3 bucket names and AIS bucket names share this shape closely enough; AIS allows '_'.
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 # AIS buckets that front other providers: ais://@remote#ns/bucket or the provider prefix
-_AIS_PROVIDERS = {"ais": "ais", "aws": "aws", "s3": "aws", "gcp": "gcp", "gs": "gcp", "azure": "azure", "az": "azure", "oci": "oci", "ht": "ht"}
+_AIS_PROVIDERS = {
+    "ais": "ais", "aws": "aws", "s3": "aws", "gcp": "gcp", "gs": "gcp",
+    "azure": "azure", "az": "azure", "oci": "oci", "ht": "ht",
+}
 
 
 # ais://bucket/key?provider=aws: the one query a URL may carry (keys may hold '?' too)
@@ -68,21 +71,26 @@ def parse_url(url: object) -> Location:
     if not url or "\x00" in url:
         raise InvalidURLError(f"empty or NUL-containing URL: {redact(url)!r}", url=redact(url))
     if "://" not in url:
-        return Location("file", "", os.path.abspath(os.path.expanduser(url)) + ("/" if url.endswith("/") else ""))
+        path = os.path.abspath(os.path.expanduser(url))
+        return Location("file", "", path + ("/" if url.endswith("/") else ""))
     scheme, rest = url.split("://", 1)
     scheme = scheme.lower()
     if scheme == "file":
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
-            raise InvalidURLError(f"file URL must be absolute (file:///path): {redact(url)}", url=redact(url))
+            raise InvalidURLError(
+                f"file URL must be absolute (file:///path): {redact(url)}", url=redact(url))
         path = unquote(parts.path)
         if not path.startswith("/"):
             raise InvalidURLError(f"file URL must be absolute: {redact(url)}", url=redact(url))
-        return Location("file", "", os.path.normpath(path) + ("/" if path.endswith("/") and path != "/" else ""))
+        slash = "/" if path.endswith("/") and path != "/" else ""
+        return Location("file", "", os.path.normpath(path) + slash)
     if scheme == "gs":
         scheme = "gcp"
     if scheme not in SCHEMES and scheme not in _AIS_PROVIDERS:
-        raise InvalidURLError(f"unsupported URL scheme {scheme!r} in {redact(url)} (use s3://, ais:// or file://)", url=redact(url))
+        raise InvalidURLError(
+            f"unsupported URL scheme {scheme!r} in {redact(url)} (use s3://, ais:// or file://)",
+            url=redact(url))
     provider = "ais"
     suffix = _PROVIDER_SUFFIX.search(rest) if scheme == "ais" else None
     if suffix is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -205,7 +206,7 @@ async def test_delete(api: API, store: Store) -> None:
 async def test_missing_object_names_the_url(api: API, store: Store) -> None:
     url = store.url("nope.bin")
     for call in (api.get(url), api.head(url), api.get_into(url, bytearray(4)), api.open(url)):
-        with pytest.raises(aisio.ObjectNotFoundError, match="nope.bin") as info:
+        with pytest.raises(aisio.ObjectNotFoundError, match=r"nope\.bin") as info:
             await call
         assert isinstance(info.value, FileNotFoundError)
 
@@ -254,12 +255,10 @@ async def test_object_replaced_mid_read_never_mixes_versions(api: API, store: St
     assert await ranged.read(1000) == old[:1000]
     assert await streamed.read(1000) == old[:1000]
     await api.put(url, new)
-    with pytest.raises(aisio.ObjectChangedError, match="changing.bin"):
+    with pytest.raises(aisio.ObjectChangedError, match=r"changing\.bin"):
         await ranged.read()  # the next range GET is pinned to the old ETag
-    try:  # one streaming GET: either the old version to the end, or an error
+    with contextlib.suppress(aisio.ObjectChangedError):  # one GET: the old version, or an error
         assert old[:1000] + await streamed.read() == old
-    except aisio.ObjectChangedError:
-        pass
     await ranged.close()
     await streamed.close()
 
@@ -277,5 +276,5 @@ async def test_get_ranges_into_lands_bytes_in_caller_buffers(api: API, store: St
     assert [bytes(b) for b in buffers[:3]] == [data[s:s + n] for s, n in segments[:3]]
     assert tensor.view(torch.uint8).numpy().tobytes() == data[10 * MiB:]
     assert api.statistics().requests - before == 3  # one span, cut into 5 MiB parts
-    with pytest.raises(aisio.RangeError, match="scatter.bin"):
+    with pytest.raises(aisio.RangeError, match=r"scatter\.bin"):
         await api.get_ranges_into(url, [(11 * MiB - 1, bytearray(2))])

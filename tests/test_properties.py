@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 
 import anyio
@@ -30,7 +31,7 @@ def test_coalesce_covers_every_range_once_and_respects_the_gap(
     for span in spans:
         for i in span.members:
             assert span.start <= ranges[i][0] <= ranges[i][1] <= span.end
-    for a, b in zip(spans, spans[1:], strict=False):
+    for a, b in itertools.pairwise(spans):
         assert a.end < b.start  # disjoint, ordered, never touching
         assert b.start - a.end >= max_gap  # a smaller gap would have merged them
 
@@ -86,7 +87,9 @@ def apply_ops(reader: io.BufferedIOBase, ops: list[tuple[str, int]]) -> None:
 
 
 @pytest.fixture(scope="module", params=["file", "s3"])
-def reference_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[aisio.ClientConfig, str]:
+def reference_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[aisio.ClientConfig, str]:
     if request.param == "file":
         path = tmp_path_factory.mktemp("ref") / "ref.bin"
         path.write_bytes(REFERENCE)

@@ -24,8 +24,13 @@ class Body(Protocol):
     Content-Length, and ETag), so the first GET of a read also plans the rest of it.
     """
 
-    object_size: int
-    etag: str | None
+    @property
+    def object_size(self) -> int:
+        """Size of the whole object."""
+
+    @property
+    def etag(self) -> str | None:
+        """The object's ETag (or the store's version tag), pinned by resumed reads."""
 
     async def readinto(self, view: memoryview) -> int:
         """Fill up to ``len(view)`` bytes; 0 means the body ended."""

@@ -11,7 +11,7 @@ import errno
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import anyio
@@ -39,7 +39,7 @@ def _etag(st: os.stat_result) -> str:
 
 
 def _info(path: str, st: os.stat_result) -> ObjectInfo:
-    modified = datetime.fromtimestamp(st.st_mtime, tz=timezone.utc)
+    modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
     return ObjectInfo("file://" + path, st.st_size, _etag(st), modified)
 
 
@@ -131,9 +131,7 @@ def _walk(root: str, prefix: str, recursive: bool) -> list[tuple[str, os.stat_re
     for entry in entries:
         path = entry.path
         if entry.is_dir(follow_symlinks=True):
-            if (path + "/").startswith(prefix) and recursive:
-                out.extend(_walk(path, prefix, recursive))
-            elif prefix.startswith(path + "/"):
+            if ((path + "/").startswith(prefix) and recursive) or prefix.startswith(path + "/"):
                 out.extend(_walk(path, prefix, recursive))
         elif path.startswith(prefix) and entry.is_file(follow_symlinks=True):
             if not recursive and "/" in path[len(prefix):]:

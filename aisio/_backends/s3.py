@@ -142,7 +142,7 @@ def _http_error(loc: Location, status: int, body: bytes, headers: Mapping[str, s
                 "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": dict(headers)}}
     import botocore.exceptions as bx
 
-    return _map_error(bx.ClientError(response, "GetObject"), loc)  # type: ignore[arg-type]
+    return _map_error(bx.ClientError(response, "GetObject"), loc)
 
 
 def _xml_field(body: bytes, name: str) -> str | None:

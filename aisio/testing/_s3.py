@@ -16,7 +16,7 @@ __all__ = ["LocalS3", "local_s3"]
 
 # moto accepts any credentials; these exist only on this loopback server
 _KEY_ID = "aisio-test-key"
-_SECRET = "aisio-test-secret"  # noqa: S105
+_SECRET = "aisio-test-secret"
 
 
 def free_port() -> int:
