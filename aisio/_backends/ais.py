@@ -195,10 +195,12 @@ class AISBackend:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
             limits=httpx.Limits(max_connections=None,
-                                max_keepalive_connections=config.max_concurrency),
+                                max_keepalive_connections=2 * config.max_concurrency),
             verify=context,
             follow_redirects=False,
         )
+        # Bounds control requests here: httpcore's own queue is slow when long.
+        self._slots = anyio.Semaphore(config.max_concurrency)
         self._pool = _http.HTTPPool(
             max_connections_per_host=config.max_concurrency,
             connect_timeout=config.connect_timeout,
@@ -304,7 +306,10 @@ class AISBackend:
         """The URL a gateway's redirect points to (now a trusted host), or None."""
         if resp.status not in _REDIRECTS or "location" not in resp.headers:
             return None
-        await resp.aclose()
+        try:
+            await resp.read()  # a short note at most; read, the connection stays reusable
+        finally:
+            await resp.aclose()
         target = urljoin(gateway + "/", resp.headers["location"])
         if urlsplit(target).scheme not in ("http", "https"):
             raise RequestError("the AIS gateway redirected to a non-HTTP URL", status=resp.status)
@@ -372,9 +377,10 @@ class AISBackend:
             headers = {"Content-Type": "application/json"}
 
         async def attempt() -> tuple[Mapping[str, str], bytes]:
-            resp = await self._object_request(method, loc, params=params, headers=headers,
-                                              body=body)
-            return await self._read(resp, loc)
+            async with self._slots:
+                resp = await self._object_request(method, loc, params=params, headers=headers,
+                                                  body=body)
+                return await self._read(resp, loc)
 
         return await retrying(attempt, self._policy, loc.url, anyio.sleep)
 
@@ -404,9 +410,10 @@ class AISBackend:
             body = json.dumps({"action": "list", "name": "", "value": value}).encode()
 
             async def page(body: bytes = body) -> dict[str, Any]:
-                resp = await self._gateway_request("GET", loc, path, headers=headers, body=body,
-                                                   params={"provider": loc.provider})
-                return _decode_page(*await self._read(resp, loc))
+                async with self._slots:
+                    resp = await self._gateway_request("GET", loc, path, headers=headers,
+                                                       body=body, params={"provider": loc.provider})
+                    return _decode_page(*await self._read(resp, loc))
 
             data = await retrying(page, self._policy, loc.url, anyio.sleep)
             for entry in data["entries"]:
@@ -524,10 +531,11 @@ class AISBackend:
         first = locs[0]
 
         async def attempt() -> bytes:
-            resp = await self._gateway_request(
-                "GET", first, "/v1/ml/moss", body=body,
-                headers={"Content-Type": "application/json"})
-            return (await self._read(resp, first))[1]
+            async with self._slots:
+                resp = await self._gateway_request(
+                    "GET", first, "/v1/ml/moss", body=body,
+                    headers={"Content-Type": "application/json"})
+                return (await self._read(resp, first))[1]
 
         archive = await retrying(attempt, self._policy, first.url, anyio.sleep)
         out: builtins.list[bytes] = []

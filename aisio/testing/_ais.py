@@ -297,7 +297,7 @@ class _Node(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = True
-    request_queue_size = 256
+    request_queue_size = 1024  # bursts of new connections must not overflow it
 
     def __init__(self, cluster: _Cluster, node_id: str, is_proxy: bool) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
