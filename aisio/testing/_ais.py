@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tarfile
 import tempfile
 import threading
@@ -311,6 +312,12 @@ class _Node(http.server.ThreadingHTTPServer):
                                         name=f"local-ais-{node_id}", daemon=True)
         self._thread.start()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about clients that hang up; loud about anything else."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handle_error(request, client_address)
+
     def track(self, conn: socket.socket, add: bool) -> None:
         with self._conns_lock:
             if add:
@@ -398,7 +405,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         node = self.server
         with self.cluster.lock:
             self.cluster.counts[(node.node_id, method)] += 1
-        self._body_read = False
+        self._body_read = self._responded = False
         try:
             if segments[1:2] != ["v1"] or not req.items:
                 raise _Fail(400, f"invalid URL path {raw_path!r}")
@@ -411,9 +418,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     raise _Fail(fault.status, f"injected failure ({fault.status})")
                 self._target(req, fault)
         except _Fail as exc:
-            self._error(req, exc)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+            if self._responded:  # too late for an error reply: drop the connection
+                self.close_connection = True
+            else:
+                self._error(req, exc)
+        except OSError:
+            self.close_connection = True  # the client went away, or the disk failed mid-reply
+        except Exception as exc:
+            if self._responded:
+                self.close_connection = True
+            else:
+                self._error(req, _Fail(500, f"local_ais bug: {type(exc).__name__}: {exc}"))
 
     def _check_token(self, req: _Req) -> None:
         token = self.cluster.token
@@ -440,6 +455,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(exc.status, b"", {**headers, "Hdr-Error": body.decode()}, length=0)
         else:
             self._reply(exc.status, body, headers)
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._responded = True
+        super().send_response(code, message)
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None,
                *, length: int | None = None) -> None:
