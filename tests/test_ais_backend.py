@@ -189,9 +189,10 @@ async def test_sdk_object_urls(ais: LocalAIS, backend: AISBackend) -> None:
     from aistore.sdk import Client
 
     ais.put_object("bk", "sdk/obj", b"via the SDK's name")
-    sdk_object = Client(ais.endpoint).bucket("bk").object("sdk/obj")
-    loc = parse_url(sdk_object.get_semantic_url())
-    assert await _read(backend, loc) == b"via the SDK's name"
+    sdk_bucket = Client(ais.endpoint).bucket("bk")
+    assert await _read(backend, parse_url(sdk_bucket.object("sdk/obj"))) == b"via the SDK's name"
+    listed = [i.url async for i in backend.list(parse_url(sdk_bucket).child("sdk/"))]
+    assert listed == ["ais://bk/sdk/obj"]
 
 
 async def test_get_batch(ais: LocalAIS, backend: AISBackend, prefix: str) -> None:
