@@ -1,0 +1,698 @@
+"""Map-style and iterable datasets over object URLs, driven by the async core.
+
+A dataset holds only picklable values (URLs, a ``ClientConfig``, a ``ReaderConstructor``,
+the transform); each process makes its own ``aisio.Client`` on first use, so DataLoader
+workers, forked or spawned, open their own connections with the same settings.
+
+``IterableDataset`` runs one producer on the process's loop thread: it pages through the
+listing, keeps ``prefetch`` objects in flight and hands finished ones, in listing order,
+to the sync iterator in batches (``Pipe``). ``MapDataset.__getitems__`` fetches a whole
+batch with one concurrent gather. Items are ``(url, bytes)``, or ``transform(reader)``
+when a transform is given, the reader an ``ObjectReader`` (a seekable file object).
+
+Sharding (iterable datasets) follows the S3 connector's arithmetic: item ``i`` of the
+listing goes to rank ``i % world_size`` and then, among that rank's items, to worker
+``(i // world_size) % num_workers``; with ``shuffle`` the listing is first permuted by a
+generator seeded with ``(seed, epoch)``, the same in every rank and worker, so each
+object is read exactly once per epoch across all of them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import math
+import os
+import random
+import sys
+import threading
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+import anyio
+import torch.utils.data
+
+from .. import _bridge
+from .._bridge import Client, Reader, run
+from .._client import AsyncClient
+from .._config import ClientConfig
+from .._engine import Stream, _first_error
+from .._readers import AsyncReader, ReaderConstructor
+from .._types import ObjectInfo
+from .._url import Location, parse_url
+from ..errors import InvalidURLError
+from ._progress import Progress
+
+if TYPE_CHECKING:
+    from .._backends import Backend
+
+__all__ = [
+    "Entry",
+    "IterableDataset",
+    "MapDataset",
+    "ObjectReader",
+    "Pipe",
+    "Shard",
+    "client_for",
+    "list_entries",
+    "open_stream",
+    "read_object",
+    "resolve_shard",
+]
+
+T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
+Transform = Callable[["ObjectReader"], Any]
+Entry = tuple[str, bool]
+"""What a dataset reads: ``(url, True)`` lists a prefix, ``(url, False)`` names one object."""
+
+MiB = 2**20
+_BATCH = 64  # items handed from the loop thread to the sync iterator per wake-up
+
+
+# --- per-process clients ---------------------------------------------------------------------
+
+_clients: dict[ClientConfig, Client] = {}
+
+
+def client_for(config: ClientConfig) -> Client:
+    """This process's client for ``config``, shared by every dataset that uses it.
+
+    A ``Client`` re-opens its connections in a forked child, so the dict needs no reset.
+    """
+    client = _clients.get(config)
+    if client is None:
+        client = _clients.setdefault(config, Client(config))
+    return client
+
+
+@atexit.register
+def _close_clients() -> None:
+    """Close this process's connections at exit (sessions left open make SDKs complain)."""
+    for client in list(_clients.values()):
+        if client._aclient is None or client._pid != os.getpid():
+            continue
+        with contextlib.suppress(Exception):
+            _bridge.submit(client.aclient.aclose).result(timeout=5)
+
+
+def _config(config: ClientConfig | None) -> ClientConfig:
+    return config if config is not None else ClientConfig.from_env()
+
+
+# --- the reader a transform gets ---------------------------------------------------------------
+
+
+class ObjectReader(io.BufferedIOBase):
+    """A blocking, seekable file object over one object: what a ``transform`` receives.
+
+    ``url``, ``bucket`` and ``key`` name the object (for local files ``bucket`` is ``""``
+    and ``key`` the path). Over prefetched bytes every read is served from memory; with a
+    ``reader_constructor`` it wraps a lazy ``aisio.Reader``. A seek past the end stops at
+    the end, as the S3 connector's readers do.
+    """
+
+    def __init__(self, url: str, data: bytes | io.BufferedIOBase) -> None:
+        super().__init__()
+        loc = parse_url(url)
+        self.url = self.name = url
+        self.bucket, self.key = loc.bucket, loc.key
+        if isinstance(data, io.BufferedIOBase):
+            self._raw: io.BufferedIOBase = data
+            self._size = int(getattr(data, "size", -1))
+            self._data: bytes | None = None
+        else:
+            self._raw = io.BytesIO(data)
+            self._size = len(data)
+            self._data = data
+
+    def __repr__(self) -> str:
+        return f"<ObjectReader {self.url} size={self._size}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._data is None:
+            raise TypeError(f"a lazy reader of {self.url} cannot be pickled; "
+                            "return the data you need from the transform instead")
+        return (_rebuild_reader, (self.url, self._data, self._raw.tell()))
+
+    @property
+    def size(self) -> int:
+        """The object's size in bytes."""
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        return self._raw.read(size)
+
+    def read1(self, size: int = -1, /) -> bytes:
+        return self._raw.read1(size)
+
+    def readinto(self, buffer: Any, /) -> int:
+        return self._raw.readinto(buffer)
+
+    def readinto1(self, buffer: Any, /) -> int:
+        return self._raw.readinto1(buffer)
+
+    def readall(self) -> bytes:
+        return self._raw.read()
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        pos = self._raw.seek(offset, whence)
+        if 0 <= self._size < pos:
+            pos = self._raw.seek(self._size)
+        return pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+def _rebuild_reader(url: str, data: bytes, pos: int) -> ObjectReader:
+    reader = ObjectReader(url, data)
+    reader.seek(pos)
+    return reader
+
+
+# --- fetching ------------------------------------------------------------------------------------
+
+
+class _EtlBackend:
+    """An AIS backend whose GETs ask for the output of an ETL (``?etl_name=``)."""
+
+    def __init__(self, inner: Any, etl_name: str) -> None:
+        self._inner, self._etl_name = inner, etl_name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def open_body(self, loc: Location, start: int, end: int | None, *,
+                        etag: str | None = None) -> Any:
+        return await self._inner.open_body(loc, start, end, etag=etag, etl_name=self._etl_name)
+
+
+def open_stream(aclient: AsyncClient, url: str, etl_name: str | None = None) -> Stream:
+    """A resumable GET of the whole object (``etl_name``: its ETL output; ais:// only)."""
+    loc, backend = aclient.backend(url)
+    if loc.is_prefix:
+        raise InvalidURLError(f"URL names a prefix, not an object: {loc.url}", url=loc.url)
+    if etl_name:
+        from .._backends.ais import AISBackend
+
+        if not isinstance(backend, AISBackend):
+            raise InvalidURLError(
+                f"etl_name needs ais:// URLs (an ETL runs on an AIStore cluster): {loc.url}",
+                url=loc.url)
+        backend = cast("Backend", _EtlBackend(backend, etl_name))
+    return aclient._engine.stream(backend, loc)
+
+
+async def read_object(aclient: AsyncClient, url: str, etl_name: str | None = None) -> bytes:
+    """The whole object: parts in parallel, or one resumable GET of the ETL's output."""
+    if not etl_name:
+        return await aclient.get(url)
+    stream = open_stream(aclient, url, etl_name)
+    try:
+        await stream.open()  # the first response tells the size of the ETL's output
+        buf = bytearray(max(stream.object_size, 0))
+        got = await stream.fill(memoryview(buf))
+        del buf[got:]
+        return bytes(buf)
+    finally:
+        await stream.aclose()
+
+
+# --- listing and sharding ------------------------------------------------------------------------
+
+
+async def list_entries(aclient: AsyncClient, entries: Sequence[Entry]) -> AsyncGenerator[ObjectInfo]:
+    """ObjectInfo for each entry in order: listed prefixes page by page, named objects as is.
+
+    A named object's size is -1 (unknown) until something reads it.
+    """
+    for url, listed in entries:
+        if not listed:
+            yield ObjectInfo(parse_url(url).url, -1)
+            continue
+        async with contextlib.aclosing(aclient.list(url)) as infos:
+            async for info in infos:
+                yield info
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a listing: rank ``i % world_size``, then worker ``j % num_workers``."""
+
+    rank: int = 0
+    world_size: int = 1
+    worker: int = 0
+    num_workers: int = 1
+
+    def keeps(self, index: int) -> bool:
+        if index % self.world_size != self.rank:
+            return False
+        return (index // self.world_size) % self.num_workers == self.worker
+
+    @property
+    def everything(self) -> bool:
+        return self.world_size == 1 and self.num_workers == 1
+
+
+def rank_and_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """Explicit values first, then ``torch.distributed`` if it is initialized, else (0, 1)."""
+    if rank is None or world_size is None:
+        import torch.distributed as dist
+
+        initialized = dist.is_available() and dist.is_initialized()
+        if rank is None:
+            rank = dist.get_rank() if initialized else 0
+        if world_size is None:
+            world_size = dist.get_world_size() if initialized else 1
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    return rank, world_size
+
+
+def resolve_shard(by_rank: bool, by_worker: bool, rank: int | None = None,
+                  world_size: int | None = None) -> Shard:
+    """The Shard of the calling process (call it where the items are produced)."""
+    r, w = rank_and_world_size(rank, world_size) if by_rank else (0, 1)
+    worker, workers = 0, 1
+    info = torch.utils.data.get_worker_info() if by_worker else None
+    if info is not None:
+        worker, workers = info.id, info.num_workers
+    return Shard(r, w, worker, workers)
+
+
+async def select(infos: AsyncGenerator[T], shard: Shard, shuffle: bool, seed: int,
+                 epoch: int) -> AsyncGenerator[T]:
+    """The items of ``shard``, after a permutation seeded by (seed, epoch) if ``shuffle``."""
+    async with contextlib.aclosing(infos):
+        if shuffle:
+            every = [info async for info in infos]
+            random.Random(f"aisio:{seed}:{epoch}").shuffle(every)
+            for i, info in enumerate(every):
+                if shard.keeps(i):
+                    yield info
+            return
+        i = 0
+        async for info in infos:
+            if shard.keeps(i):
+                yield info
+            i += 1
+
+
+class _Epochs:
+    """``set_epoch`` plus a count of passes, so each pass of a persistent worker differs."""
+
+    _epoch = 0
+    _passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (shuffle order is a function of seed and epoch).
+
+        Without calls the epochs count up with each pass over this object; in DataLoader
+        workers that is each pass of a persistent worker. Call it before each epoch when
+        workers are not persistent (they start from the main process's copy each time).
+        """
+        self._epoch, self._passes = int(epoch), 0
+
+    def _next_epoch(self) -> int:
+        epoch = self._epoch + self._passes
+        self._passes += 1
+        return epoch
+
+
+# --- moving items from the loop thread to the sync iterator -------------------------------------
+
+
+def call_soon_on_loop(fn: Callable[[], object], pid: int) -> None:
+    """Call ``fn()`` on this process's loop thread without waiting (cleanup paths)."""
+    if pid != os.getpid() or sys.is_finalizing():
+        return
+    thread = _bridge._thread
+    if thread is None or thread.portal is None:
+        return
+    if threading.current_thread() is thread:
+        fn()
+        return
+
+    async def call() -> None:
+        fn()
+
+    with contextlib.suppress(RuntimeError):  # the portal stopped (interpreter shutdown)
+        thread.portal.start_task_soon(call)
+
+
+class Pipe(Generic[T]):
+    """An async producer running on the loop thread, read by a sync iterator in batches.
+
+    ``produce(emit)`` awaits ``emit(item)`` for each item; at most ``capacity`` items wait
+    between the two sides. Iterating yields the items, then raises the producer's error if
+    it failed; ``close()`` (also when the iterator is closed early) cancels the producer.
+    """
+
+    def __init__(self, produce: Callable[[Callable[[T], Awaitable[None]]], Awaitable[None]],
+                 capacity: int) -> None:
+        self._send, self._recv = anyio.create_memory_object_stream[T](max(capacity, 1))
+        self._pid = os.getpid()
+        self._future = _bridge.submit(self._pump, produce)
+
+    async def _pump(self, produce: Callable[[Callable[[T], Awaitable[None]]], Awaitable[None]]
+                    ) -> None:
+        try:
+            async with self._send:
+                await produce(self._send.send)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+
+    async def _take(self) -> list[T]:
+        try:
+            items = [await self._recv.receive()]
+        except anyio.EndOfStream:
+            self._recv.close()
+            return []
+        while len(items) < _BATCH:
+            try:
+                items.append(self._recv.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+        return items
+
+    def __iter__(self) -> Iterator[T]:
+        try:
+            while batch := run(self._take):
+                yield from batch
+            self._future.result()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the producer and drop what it made; safe to call twice and from GC."""
+        if self._pid != os.getpid() or sys.is_finalizing():
+            return
+        self._future.cancel()
+        call_soon_on_loop(self._recv.close, self._pid)
+
+
+class _Slot(Generic[B]):
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: B | None = None
+        self.error: Exception | None = None
+
+    async def fill(self, fn: Callable[[A], Awaitable[B]], arg: A) -> None:
+        try:
+            self.value = await fn(arg)
+        except Exception as exc:
+            self.error = exc
+        self.done.set()
+
+
+async def ordered_map(items: AsyncGenerator[A], fn: Callable[[A], Awaitable[B]], depth: int,
+                      emit: Callable[[B], Awaitable[None]]) -> None:
+    """``emit(await fn(item))`` for each item, in order, with up to ``depth`` calls at once."""
+    limit = anyio.Semaphore(max(depth, 1))
+    send, recv = anyio.create_memory_object_stream[_Slot[B]](math.inf)
+
+    async def feed() -> None:
+        async with send, contextlib.aclosing(items):
+            async for item in items:
+                await limit.acquire()
+                slot: _Slot[B] = _Slot()
+                tg.start_soon(slot.fill, fn, item)
+                send.send_nowait(slot)
+
+    async with anyio.create_task_group() as tg, recv:
+        tg.start_soon(feed)
+        async for slot in recv:
+            await slot.done.wait()
+            limit.release()
+            if slot.error is not None:
+                raise slot.error
+            await emit(cast(B, slot.value))
+
+
+# --- the datasets ----------------------------------------------------------------------------------
+
+
+def _as_urls(urls: str | os.PathLike[str] | Iterable[Any]) -> list[Any]:
+    if isinstance(urls, (str, os.PathLike)) or hasattr(urls, "get_path"):
+        return [urls]
+    return list(urls)
+
+
+def _url_text(url: Any) -> str:
+    if isinstance(url, str):
+        return url
+    if isinstance(url, os.PathLike):
+        return str(os.fspath(url))
+    return parse_url(url).url
+
+
+Payload = bytes | AsyncReader
+
+
+class _ObjectSet:
+    """What the datasets share: entries to read, settings, and how an object becomes an item."""
+
+    def __init__(self, prefixes: str | Iterable[str] = (), urls: str | Iterable[str] = (), *,
+                 transform: Transform | None = None, config: ClientConfig | None = None,
+                 reader_constructor: ReaderConstructor | None = None,
+                 etl_name: str | None = None) -> None:
+        self.config = _config(config)
+        self.transform = transform
+        self.reader_constructor = reader_constructor
+        self.etl_name = etl_name
+        self._entries: list[Entry] = [(_url_text(u), True) for u in _as_urls(prefixes)]
+        self._entries += [(_url_text(u), False) for u in _as_urls(urls)]
+
+    @property
+    def client(self) -> Client:
+        """This process's client for the dataset's config."""
+        return client_for(self.config)
+
+    async def _load(self, aclient: AsyncClient, info: ObjectInfo) -> Payload:
+        """Runs on the loop thread: the object's bytes, or an open lazy reader."""
+        if self.reader_constructor is not None:
+            known = info if info.size >= 0 else None
+            return await aclient.open(info.url, self.reader_constructor, info=known)
+        return await read_object(aclient, info.url, self.etl_name)
+
+    def _item(self, info: ObjectInfo, payload: Payload) -> Any:
+        """Runs in the consumer: the dataset item made from one loaded object."""
+        if isinstance(payload, AsyncReader):
+            reader = ObjectReader(info.url, Reader(payload))
+            return reader if self.transform is None else self.transform(reader)
+        if self.transform is None:
+            return info.url, payload
+        return self.transform(ObjectReader(info.url, payload))
+
+
+class MapDataset(_ObjectSet, torch.utils.data.Dataset[Any]):
+    """Objects by index; ``__getitems__`` fetches a DataLoader batch concurrently.
+
+    The listing is made on first use (``len``, an index, ``object_infos``) and kept, so a
+    DataLoader's workers receive it with the dataset when the main process listed first.
+    Items are ``(url, bytes)``, or ``transform(reader)``; with a ``reader_constructor``
+    the transform gets a lazy reader of that kind instead of prefetched bytes.
+    """
+
+    def __init__(self, prefixes: str | Iterable[str] = (), urls: str | Iterable[str] = (), *,
+                 transform: Transform | None = None, config: ClientConfig | None = None,
+                 reader_constructor: ReaderConstructor | None = None,
+                 etl_name: str | None = None) -> None:
+        super().__init__(prefixes, urls, transform=transform, config=config,
+                         reader_constructor=reader_constructor, etl_name=etl_name)
+        self._infos: list[ObjectInfo] | None = None
+
+    @classmethod
+    def from_prefix(cls, url: str | Iterable[str], transform: Transform | None = None,
+                    config: ClientConfig | None = None, *,
+                    reader_constructor: ReaderConstructor | None = None) -> MapDataset:
+        """Every object under ``url`` (one prefix or several), listed on first use."""
+        return cls(url, transform=transform, config=config, reader_constructor=reader_constructor)
+
+    @classmethod
+    def from_urls(cls, urls: str | Iterable[str], transform: Transform | None = None,
+                  config: ClientConfig | None = None, *,
+                  reader_constructor: ReaderConstructor | None = None) -> MapDataset:
+        """The objects named by ``urls``, in that order (no listing)."""
+        return cls((), urls, transform=transform, config=config,
+                   reader_constructor=reader_constructor)
+
+    def __repr__(self) -> str:
+        count = "unlisted" if self._infos is None else f"{len(self._infos)} objects"
+        return f"<{type(self).__name__} {count}>"
+
+    def object_infos(self) -> list[ObjectInfo]:
+        """The listing (made once, then kept); size -1 for objects named by URL."""
+        if self._infos is None:
+            aclient = self.client.aclient
+            entries = list(self._entries)
+
+            async def listing() -> list[ObjectInfo]:
+                return [info async for info in list_entries(aclient, entries)]
+
+            self._infos = run(listing)
+        return self._infos
+
+    def sizes(self) -> list[int]:
+        """Every object's size: from the listing, with one HEAD per object named by URL."""
+        infos = self.object_infos()
+        missing = [i for i, info in enumerate(infos) if info.size < 0]
+        if missing:
+            aclient = self.client.aclient
+
+            async def heads() -> list[ObjectInfo]:
+                out: list[ObjectInfo] = [infos[i] for i in missing]
+
+                async def head(k: int) -> None:
+                    out[k] = await aclient.head(out[k].url)
+
+                async with anyio.create_task_group() as tg:
+                    for k in range(len(out)):
+                        tg.start_soon(head, k)
+                return out
+
+            try:
+                found = run(heads)
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
+            for i, info in zip(missing, found, strict=True):
+                infos[i] = info
+        return [info.size for info in infos]
+
+    def __len__(self) -> int:
+        return len(self.object_infos())
+
+    def __getitem__(self, index: int) -> Any:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """The items at ``indices``, their objects fetched concurrently in one round trip."""
+        every = self.object_infos()
+        infos = [every[i] for i in indices]
+        aclient = self.client.aclient
+
+        async def gather() -> list[Payload]:
+            out: list[Payload] = [b""] * len(infos)
+
+            async def one(k: int) -> None:
+                out[k] = await self._load(aclient, infos[k])
+
+            async with anyio.create_task_group() as tg:
+                for k in range(len(infos)):
+                    tg.start_soon(one, k)
+            return out
+
+        try:
+            payloads = run(gather)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        return [self._item(info, p) for info, p in zip(infos, payloads, strict=True)]
+
+
+class IterableDataset(_ObjectSet, _Epochs, torch.utils.data.IterableDataset[Any]):
+    """Objects streamed in listing order with ``prefetch`` in flight, sharded by rank and worker.
+
+    The listing is paged lazily, again each pass. With ``shuffle`` each pass lists
+    everything first and permutes it by ``(seed, epoch)`` (see ``set_epoch``). ``rank`` and
+    ``world_size`` default to ``torch.distributed``'s, read when iteration starts.
+    """
+
+    def __init__(self, prefixes: str | Iterable[str] = (), urls: str | Iterable[str] = (), *,
+                 transform: Transform | None = None, config: ClientConfig | None = None,
+                 reader_constructor: ReaderConstructor | None = None,
+                 etl_name: str | None = None, shard_by_rank: bool = True,
+                 shard_by_worker: bool = True, shuffle: bool = False, seed: int = 0,
+                 prefetch: int = 16, rank: int | None = None, world_size: int | None = None,
+                 show_progress: bool = False) -> None:
+        super().__init__(prefixes, urls, transform=transform, config=config,
+                         reader_constructor=reader_constructor, etl_name=etl_name)
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        self.shard_by_rank, self.shard_by_worker = shard_by_rank, shard_by_worker
+        self.shuffle, self.seed, self.prefetch = shuffle, seed, prefetch
+        self.rank, self.world_size = rank, world_size
+        self.show_progress = show_progress
+
+    @classmethod
+    def from_prefix(cls, url: str | Iterable[str], transform: Transform | None = None,
+                    config: ClientConfig | None = None, *, shard_by_rank: bool = True,
+                    shard_by_worker: bool = True, shuffle: bool = False, seed: int = 0,
+                    **options: Any) -> IterableDataset:
+        """Every object under ``url`` (one prefix or several), listed page by page."""
+        return cls(url, transform=transform, config=config, shard_by_rank=shard_by_rank,
+                   shard_by_worker=shard_by_worker, shuffle=shuffle, seed=seed, **options)
+
+    @classmethod
+    def from_urls(cls, urls: str | Iterable[str], transform: Transform | None = None,
+                  config: ClientConfig | None = None, *, shard_by_rank: bool = True,
+                  shard_by_worker: bool = True, shuffle: bool = False, seed: int = 0,
+                  **options: Any) -> IterableDataset:
+        """The objects named by ``urls``, in that order."""
+        return cls((), urls, transform=transform, config=config, shard_by_rank=shard_by_rank,
+                   shard_by_worker=shard_by_worker, shuffle=shuffle, seed=seed, **options)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {len(self._entries)} sources>"
+
+    def _plan(self) -> tuple[list[Entry], Shard]:
+        """The entries this process lists and which of their items it keeps."""
+        shard = resolve_shard(self.shard_by_rank, self.shard_by_worker, self.rank,
+                              self.world_size)
+        return list(self._entries), shard
+
+    def _infos(self, aclient: AsyncClient, entries: list[Entry]) -> AsyncGenerator[ObjectInfo]:
+        return list_entries(aclient, entries)
+
+    def _progress_title(self) -> str:
+        return type(self).__name__
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self._next_epoch()
+        entries, shard = self._plan()
+        aclient = self.client.aclient
+
+        async def produce(emit: Callable[[tuple[ObjectInfo, Payload]], Awaitable[None]]) -> None:
+            infos = select(self._infos(aclient, entries), shard, self.shuffle, self.seed, epoch)
+
+            async def load(info: ObjectInfo) -> tuple[ObjectInfo, Payload]:
+                return info, await self._load(aclient, info)
+
+            await ordered_map(infos, load, self.prefetch, emit)
+
+        pipe = Pipe(produce, self.prefetch)
+        progress = Progress(self._progress_title(), enabled=self.show_progress)
+        try:
+            for info, payload in pipe:
+                size = len(payload) if isinstance(payload, bytes) else max(payload.size, 0)
+                progress.update(size)
+                yield self._item(info, payload)
+        finally:
+            pipe.close()
+            progress.close()
