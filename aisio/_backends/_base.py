@@ -14,7 +14,7 @@ from typing import Protocol
 from .._types import ObjectInfo
 from .._url import Location
 
-__all__ = ["Backend", "Body", "Upload"]
+__all__ = ["Backend", "Body", "Upload", "check_range"]
 
 
 class Body(Protocol):
@@ -84,3 +84,23 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Close connections and sessions."""
+
+
+def check_range(url: str, status: int, content_range: str | None, start: int) -> None:
+    """Refuse a GET body that does not begin at byte ``start`` of the object.
+
+    A proxy or cache that dropped the Range (200 for a read from ``start > 0``) or moved it
+    (a Content-Range starting elsewhere) would otherwise hand the engine other bytes than
+    it asked for. Raised as ConnectionError, so the engine retries it like a broken body.
+    """
+    if status == 200:
+        if start == 0:
+            return
+        got = "the whole object (HTTP 200)"
+    else:
+        unit, _, span = (content_range or "").partition(" ")
+        first = span.partition("-")[0]
+        if unit == "bytes" and first.isdigit() and int(first) == start:
+            return
+        got = f"Content-Range {content_range!r}"
+    raise ConnectionError(f"{url}: asked for bytes from {start}, the server sent {got}")

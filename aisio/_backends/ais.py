@@ -52,6 +52,7 @@ from ..errors import (
     RangeError,
     RequestError,
 )
+from ._base import check_range
 
 __all__ = ["AISBackend"]
 
@@ -466,8 +467,7 @@ class AISBackend:
         got = _etag(resp.headers)
         try:
             self._check_etag(loc, etag, got)
-            if "Range" in headers and resp.status == 200:
-                raise RequestError(f"{loc.url}: the server ignored the byte range", url=loc.url)
+            check_range(loc.url, resp.status, resp.headers.get("content-range"), start)
         except BaseException:
             await resp.aclose()
             raise

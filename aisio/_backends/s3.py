@@ -33,6 +33,7 @@ from ..errors import (
     RangeError,
     RequestError,
 )
+from ._base import check_range
 
 __all__ = ["S3Backend"]
 
@@ -318,6 +319,11 @@ class S3Backend:
             headers["If-Match"] = etag
         response = await self._pool.request("GET", await self._signed_url(loc), headers)
         if response.status in (200, 206):
+            try:
+                check_range(loc.url, response.status, response.headers.get("content-range"), start)
+            except BaseException:
+                await response.aclose()
+                raise
             size = _total_size(response.headers)
             return _S3Body(response, size, response.headers.get("etag"))
         try:
