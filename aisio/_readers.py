@@ -90,6 +90,8 @@ class AsyncReader:
         self._engine, self._backend, self._loc = engine, backend, loc
         self.url, self.size, self.etag = info.url, info.size, info.etag
         self._pos = 0
+        self._held = memoryview(b"")  # bytes of [_held_start, _held_start + len) already fetched
+        self._held_start = 0
         self.closed = False
 
     def __repr__(self) -> str:
@@ -136,7 +138,7 @@ class AsyncReader:
         if n == 0:
             return b""
         buf = bytearray(n)
-        got = await self._readinto(memoryview(buf))
+        got = await self._read_any(memoryview(buf))
         del buf[got:]
         return bytes(buf)
 
@@ -147,7 +149,7 @@ class AsyncReader:
         view = view[: self._want(len(view))]
         if not view:
             return 0
-        return await self._readinto(view)
+        return await self._read_any(view)
 
     def read_nowait(self, view: memoryview) -> int | None:
         """Serve ``view`` from memory already held, or None if that needs I/O."""
@@ -161,7 +163,19 @@ class AsyncReader:
         return got
 
     def _copy_held(self, view: memoryview) -> int | None:
-        return None
+        """Copy ``view`` from the held region if it covers it, else None."""
+        offset = self._pos - self._held_start
+        if offset < 0 or offset + len(view) > len(self._held):
+            return None
+        view[:] = self._held[offset:offset + len(view)]
+        return len(view)
+
+    async def _read_any(self, view: memoryview) -> int:
+        held = self._copy_held(view)
+        if held is not None:
+            self._pos += held
+            return held
+        return await self._readinto(view)
 
     async def _fetch(self, view: memoryview, start: int) -> int:
         """Fill ``view`` from object offset ``start`` with parallel range GETs."""
@@ -223,21 +237,8 @@ class RangeBasedReader(AsyncReader):
         super().__init__(engine, backend, loc, info)
         self._buffer_size = buffer_size
         self._store: memoryview | None = None  # allocated once, reused by every fill
-        self._held = memoryview(b"")
-        self._held_start = 0
-
-    def _copy_held(self, view: memoryview) -> int | None:
-        offset = self._pos - self._held_start
-        if offset < 0 or offset + len(view) > len(self._held):
-            return None
-        view[:] = self._held[offset:offset + len(view)]
-        return len(view)
 
     async def _readinto(self, view: memoryview) -> int:
-        held = self._copy_held(view)
-        if held is not None:
-            self._pos += held
-            return held
         if len(view) >= self._buffer_size:
             got = await self._fetch(view, self._pos)
             self._pos += got
@@ -269,35 +270,20 @@ class DcpOptimizedReader(AsyncReader):
         super().__init__(engine, backend, loc, info)
         self._spans = [(s.start, s.end) for s in coalesce(list(ranges), max_gap) if s.end > s.start]
         self._starts = [s for s, _ in self._spans]
-        self._span: tuple[int, memoryview] | None = None  # (start, bytes) of the current span
-
-    def _copy_held(self, view: memoryview) -> int | None:
-        if self._span is None:
-            return None
-        start, data = self._span
-        offset = self._pos - start
-        if offset < 0 or offset + len(view) > len(data):
-            return None
-        view[:] = data[offset:offset + len(view)]
-        return len(view)
 
     async def _readinto(self, view: memoryview) -> int:
-        held = self._copy_held(view)
-        if held is not None:
-            self._pos += held
-            return held
         i = bisect.bisect_right(self._starts, self._pos) - 1
         if i >= 0 and self._pos + len(view) <= self._spans[i][1]:
             start, end = self._spans[i]
-            self._span = None  # free the previous span before fetching the next
+            self._held = memoryview(b"")  # free the previous span before fetching the next
             data = memoryview(bytearray(end - start))
             await self._fetch(data, start)
-            self._span = (start, data)
-            return await self._readinto(view)
+            self._held_start, self._held = start, data
+            return await self._read_any(view)
         got = await self._fetch(view, self._pos)
         self._pos += got
         return got
 
     async def aclose(self) -> None:
         self.closed = True
-        self._span = None
+        self._held = memoryview(b"")
