@@ -93,9 +93,7 @@ def serve(root: str | os.PathLike[str], *, workers: int = 1) -> Iterator[str]:
         for attempt in range(5):  # a free port can be taken between probing and binding
             port = _free_port()
             conf = Path(tmp, "nginx.conf")
-            conf.write_text(
-                _CONFIG.format(user=user, workers=workers, tmp=tmp, port=port, root=root)
-            )
+            conf.write_text(_CONFIG.format(user=user, workers=workers, tmp=tmp, port=port, root=root))
             log = Path(tmp, "error.log")
             proc = subprocess.Popen(
                 [binary, "-p", tmp, "-c", str(conf), "-e", str(log)],
