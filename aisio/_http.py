@@ -110,9 +110,7 @@ class _Conn(asyncio.BufferedProtocol):
         "where",
     )
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, read_timeout: float, where: str, host: _Host
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float, where: str, host: _Host) -> None:
         self._loop = loop
         self._timeout = read_timeout
         self._buf = bytearray(_SPILL)
@@ -305,18 +303,16 @@ class _Conn(asyncio.BufferedProtocol):
         if writer is None or self.eof:
             return
         try:
-            await asyncio.wait_for(writer, self._timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self._timeout):
+                await writer
+        except TimeoutError:
             raise TimeoutError(f"sending to {self.where} stalled for {self._timeout:g} s") from None
 
     def reusable(self) -> bool:
         """True if the connection is open, quiet and has no unread bytes."""
         transport = self.transport
         return (
-            not self.eof
-            and self._pos == self._end
-            and transport is not None
-            and not transport.is_closing()
+            not self.eof and self._pos == self._end and transport is not None and not transport.is_closing()
         )
 
     def park(self) -> None:
@@ -607,12 +603,7 @@ class HTTPPool:
                 else:
                     self._release(conn, False)
                 stale = reused and conn is not None and not conn.received
-                if (
-                    retried
-                    or not stale
-                    or method not in _IDEMPOTENT
-                    or not isinstance(exc, ConnectionError)
-                ):
+                if retried or not stale or method not in _IDEMPOTENT or not isinstance(exc, ConnectionError):
                     raise
                 # The server closed an idle connection as we sent: its idle siblings are
                 # probably stale too; retry once on a fresh connection.
@@ -671,17 +662,15 @@ class HTTPPool:
         origin = where.split("/", 3)
         origin_text = "/".join(origin[:3])
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
                     lambda: _Conn(loop, self._read_timeout, where, pool),
                     host,
                     port,
                     ssl=context,
                     server_hostname=host if context else None,
-                ),
-                self._connect_timeout,
-            )
-        except asyncio.TimeoutError:
+                )
+        except TimeoutError:
             msg = f"connecting to {origin_text} timed out after {self._connect_timeout:g} s"
             raise TimeoutError(msg) from None
         except ssl.SSLCertVerificationError as exc:

@@ -283,9 +283,7 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 @pytest.mark.parametrize("view_size", [1, 7, 4096, 65536, 1 << 20, 4 << 20])
-async def test_content_length_body_in_any_view_size(
-    server: Server, pool: HTTPPool, view_size: int
-) -> None:
+async def test_content_length_body_in_any_view_size(server: Server, pool: HTTPPool, view_size: int) -> None:
     n = 300_001 if view_size > 1 else 20_001
     resp = await pool.request("GET", server.url(f"/data?n={n}"))
     assert (resp.status, resp.reason, resp.content_length) == (200, "OK", n)
@@ -555,7 +553,7 @@ def make_certs(tmp: Path) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aisio test CA")])
     ca = (
@@ -591,9 +589,7 @@ def make_certs(tmp: Path) -> tuple[Path, Path, Path]:
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
@@ -639,9 +635,7 @@ def test_runs_on_uvloop() -> None:
         srv = Server()
         await srv.start()
         try:
-            async with HTTPPool(
-                max_connections_per_host=2, connect_timeout=5, read_timeout=0.3
-            ) as pool:
+            async with HTTPPool(max_connections_per_host=2, connect_timeout=5, read_timeout=0.3) as pool:
                 for view_size in (7, 1 << 20):
                     resp = await pool.request("GET", srv.url("/data?n=3000000"))
                     assert await read_all(resp, view_size) == pattern(3000000)
