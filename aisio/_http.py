@@ -105,6 +105,7 @@ class _Conn(asyncio.BufferedProtocol):
         "eof",
         "error",
         "host",
+        "partial",
         "received",
         "transport",
         "where",
@@ -131,6 +132,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.closed: asyncio.Future[None] = loop.create_future()
         self.eof = False
         self.received = 0  # bytes received since the current request was sent
+        self.partial = 0  # bytes read_into put in the caller's view before it raised
         self.where = where  # scheme://host:port/path of the current request, for messages
 
     # -- asyncio callbacks: keep these lean, they run once per socket read --
@@ -239,6 +241,7 @@ class _Conn(asyncio.BufferedProtocol):
         """
         want = len(view)
         got = 0
+        self.partial = 0
         while True:
             n = self._end - self._pos
             if n:
@@ -251,6 +254,7 @@ class _Conn(asyncio.BufferedProtocol):
             if got == want or self.eof:
                 return got
             if want - got < _DIRECT:
+                self.partial = got
                 await self._wait()
                 continue
             self._target = view
@@ -258,6 +262,9 @@ class _Conn(asyncio.BufferedProtocol):
             self._want = want
             try:
                 await self._wait()
+            except BaseException:
+                self.partial = self._filled
+                raise
             finally:
                 self._target = None
             return self._filled
@@ -410,6 +417,12 @@ class Response:
             view = view[:left]
         try:
             n = await conn.read_into(view)
+        except OSError as exc:  # a stall: keep the bytes that came, raise on the next call
+            if not conn.partial:
+                self._abort()
+                raise
+            self._left -= conn.partial
+            return self._fail(exc, conn.partial)
         except BaseException:
             self._abort()
             raise
