@@ -108,7 +108,8 @@ class Engine:
                 for a, b in split(first, total, part):
                     tg.start_soon(self._fill, backend, loc, view[a:b], start + a, etag)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            error = _first_error(group)
+            raise error from error.__cause__  # hide the group, keep a TransientError's cause
         if error is not None:
             raise error
         assert size is not None
@@ -136,7 +137,8 @@ class Engine:
                     if span.size:
                         tg.start_soon(fetch, span)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            error = _first_error(group)
+            raise error from error.__cause__  # hide the group, keep a TransientError's cause
         return out
 
     async def read_scatter(
@@ -172,7 +174,8 @@ class Engine:
                 for start, end, pieces in jobs:
                     tg.start_soon(self._scatter, backend, loc, start, end, pieces, etag)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            error = _first_error(group)
+            raise error from error.__cause__  # hide the group, keep a TransientError's cause
 
     async def _scatter(
         self, backend: Backend, loc: Location, start: int, end: int,
