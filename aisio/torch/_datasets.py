@@ -36,6 +36,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import anyio
@@ -418,6 +419,24 @@ class Pipe(Generic[T]):
         call_soon_on_loop(self._recv.close, self._pid)
 
 
+async def gather(calls: Sequence[Callable[[], Awaitable[T]]], limit: int = 64) -> list[T]:
+    """Await the calls, ``limit`` at once; results in order, the first failure raised as is."""
+    out: list[Any] = [None] * len(calls)
+    limiter = anyio.CapacityLimiter(limit)
+
+    async def one(k: int) -> None:
+        async with limiter:
+            out[k] = await calls[k]()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for k in range(len(calls)):
+                tg.start_soon(one, k)
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+    return out
+
+
 class _Slot(Generic[B]):
     def __init__(self) -> None:
         self.done = anyio.Event()
@@ -566,22 +585,7 @@ class MapDataset(_ObjectSet, torch.utils.data.Dataset[Any]):
         missing = [i for i, info in enumerate(infos) if info.size < 0]
         if missing:
             aclient = self.client.aclient
-
-            async def heads() -> list[ObjectInfo]:
-                out: list[ObjectInfo] = [infos[i] for i in missing]
-
-                async def head(k: int) -> None:
-                    out[k] = await aclient.head(out[k].url)
-
-                async with anyio.create_task_group() as tg:
-                    for k in range(len(out)):
-                        tg.start_soon(head, k)
-                return out
-
-            try:
-                found = run(heads)
-            except BaseExceptionGroup as group:
-                raise _first_error(group) from None
+            found = run(gather, [partial(aclient.head, infos[i].url) for i in missing])
             for i, info in zip(missing, found, strict=True):
                 infos[i] = info
         return [info.size for info in infos]
@@ -597,22 +601,7 @@ class MapDataset(_ObjectSet, torch.utils.data.Dataset[Any]):
         every = self.object_infos()
         infos = [every[i] for i in indices]
         aclient = self.client.aclient
-
-        async def gather() -> list[Payload]:
-            out: list[Payload] = [b""] * len(infos)
-
-            async def one(k: int) -> None:
-                out[k] = await self._load(aclient, infos[k])
-
-            async with anyio.create_task_group() as tg:
-                for k in range(len(infos)):
-                    tg.start_soon(one, k)
-            return out
-
-        try:
-            payloads = run(gather)
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+        payloads = run(gather, [partial(self._load, aclient, info) for info in infos])
         return [self._item(info, p) for info, p in zip(infos, payloads, strict=True)]
 
 
