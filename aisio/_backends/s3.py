@@ -227,7 +227,7 @@ class S3Backend:
         aio_config = AioConfig(
             region_name=opts.region,
             s3={"addressing_style": "path" if opts.force_path_style else "auto"},
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},  # one try: ours retry
             max_pool_connections=cfg.max_concurrency,
             connect_timeout=cfg.connect_timeout,
             read_timeout=cfg.read_timeout,
