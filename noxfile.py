@@ -1,4 +1,4 @@
-"""Sessions: tests, lint, types, quickstart (and bench, docs as they arrive)."""
+"""Sessions: tests, lint, types, quickstart, docs (and bench as it arrives)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def lint(session: nox.Session) -> None:
 def types(session: nox.Session) -> None:
     session.install(*INSTALL, ".[dev]")
     session.run("mypy", "aisio")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, built in strict mode: any warning fails (site/ holds the result)."""
+    session.install(*INSTALL, ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session
