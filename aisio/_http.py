@@ -501,7 +501,11 @@ class Response:
     async def _read_until_close(self, view: memoryview) -> int:
         conn = self._conn
         assert conn is not None
-        n = await conn.read_into(view)
+        try:
+            n = await conn.read_into(view)
+        except OSError:
+            self._progress = conn.partial  # kept: returned now, the error raised next call
+            raise
         if n < len(view):
             if conn.error is not None:
                 self._progress = n
@@ -528,7 +532,11 @@ class Response:
                     break
             done = self._progress
             want = min(size - done, self._chunk_left)
-            n = await conn.read_into(view[done : done + want])
+            try:
+                n = await conn.read_into(view[done : done + want])
+            except OSError:
+                self._progress += conn.partial
+                raise
             self._progress += n
             self._chunk_left -= n
             if n < want:

@@ -176,6 +176,13 @@ async def r_stall_body(srv: Server, w: asyncio.StreamWriter, req: Request) -> bo
     return False
 
 
+async def r_chunked_stall(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    w.write(head(Transfer_Encoding="chunked") + b"1388\r\n" + pattern(5000)[:100])
+    await w.drain()
+    await req.reader.read()
+    return False
+
+
 async def r_trickle(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
     data = head(Content_Length=req.n()) + pattern(req.n())
     gap = float(req.query.get("gap", 0))
@@ -236,6 +243,7 @@ ROUTES: dict[str, Route] = {
     "/short": r_short,
     "/stall-head": r_stall_head,
     "/stall-body": r_stall_body,
+    "/chunked-stall": r_chunked_stall,
     "/trickle": r_trickle,
     "/drop-after": r_drop_after,
     "/first-only": r_first_only,
@@ -404,6 +412,18 @@ async def test_timeout_in_body_closes_connection(server: Server) -> None:
             await resp.readinto(buf)
         await wait_for(lambda: server.open == 0)
         assert pool.stats().idle == 0
+
+
+@pytest.mark.parametrize("path", ["/stall-body?n=5000", "/chunked-stall"])
+@pytest.mark.parametrize("view_size", [1000, 1 << 20])
+async def test_timeout_keeps_the_bytes_that_came(server: Server, path: str, view_size: int) -> None:
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=0.3) as pool:
+        resp = await pool.request("GET", server.url(path))
+        buf = memoryview(bytearray(view_size))
+        assert await resp.readinto(buf) == 100  # the stall: what came is returned...
+        assert buf[:100] == pattern(5000)[:100]
+        with pytest.raises(TimeoutError):  # ...and the timeout raised next
+            await resp.readinto(buf)
 
 
 async def test_trickle_resets_the_timeout_on_every_byte(server: Server) -> None:
