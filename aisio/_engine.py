@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import anyio
 import anyio.abc
@@ -108,8 +109,7 @@ class Engine:
                 for a, b in split(first, total, part):
                     tg.start_soon(self._fill, backend, loc, view[a:b], start + a, etag)
         except BaseExceptionGroup as group:
-            error = _first_error(group)
-            raise error from error.__cause__  # hide the group, keep a TransientError's cause
+            _raise_first(group)
         if error is not None:
             raise error
         assert size is not None
@@ -137,8 +137,7 @@ class Engine:
                     if span.size:
                         tg.start_soon(fetch, span)
         except BaseExceptionGroup as group:
-            error = _first_error(group)
-            raise error from error.__cause__  # hide the group, keep a TransientError's cause
+            _raise_first(group)
         return out
 
     async def read_scatter(
@@ -174,8 +173,7 @@ class Engine:
                 for start, end, pieces in jobs:
                     tg.start_soon(self._scatter, backend, loc, start, end, pieces, etag)
         except BaseExceptionGroup as group:
-            error = _first_error(group)
-            raise error from error.__cause__  # hide the group, keep a TransientError's cause
+            _raise_first(group)
 
     async def _scatter(
         self, backend: Backend, loc: Location, start: int, end: int,
@@ -235,6 +233,12 @@ class Engine:
         if got < len(view):
             raise ObjectChangedError(
                 f"{loc.url} is shorter than when the read began", url=loc.url)
+
+
+def _raise_first(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the error that failed a task group without the group; its cause is kept."""
+    error = _first_error(group)
+    raise error from error.__cause__
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
