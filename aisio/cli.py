@@ -419,6 +419,10 @@ async def _copy_tree(
     local_root = (dst.key.rstrip("/") or "/") if dst.scheme == "file" else None
     dst_prefix = dst if dst.is_prefix or dst.scheme == "file" else _as_prefix(dst)
     names = _Names(args.src, prefix)
+    inside = (dst_prefix.key.rstrip("/") + "/") if dst.scheme == "file" else dst_prefix.key
+    if ((dst.scheme, dst.bucket, dst.provider) == (prefix.scheme, prefix.bucket, prefix.provider)
+            and inside.startswith(prefix.key)):
+        raise CommandError(f"cannot copy {prefix.url} into itself ({dst.url})", url=prefix.url)
     send, receive = anyio.create_memory_object_stream[_CopyJob](args.jobs * 2)
     listed = 0
 

@@ -202,6 +202,8 @@ def test_cp_single_objects(store: Store, env: dict[str, str], tmp_path: Path, ca
     assert code == 1 and "missing" in one_error_line(err, "cp")
     code, _, err = run(["cp", "-r", store.url("void/"), str(tmp_path / "void")], capsys)
     assert code == 1 and "no objects" in one_error_line(err, "cp")
+    code, _, err = run(["cp", "-r", store.url("dir/"), store.url("dir/sub/")], capsys)
+    assert code == 1 and "into itself" in one_error_line(err, "cp")
 
 
 def test_cp_between_s3_and_ais(
