@@ -8,13 +8,16 @@ A backend maps its store's failures to ``aisio.errors`` (or leaves transport err
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from .._types import ObjectInfo
 from .._url import Location
 
-__all__ = ["Backend", "Body", "Upload", "check_range"]
+if TYPE_CHECKING:
+    from .._http import Response
+
+__all__ = ["Backend", "Body", "HTTPBody", "Upload", "check_range", "object_size_of"]
 
 
 class Body(Protocol):
@@ -84,6 +87,30 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Close connections and sessions."""
+
+
+class HTTPBody:
+    """A data GET's body on the zero-copy pool, with what its headers say of the object."""
+
+    def __init__(self, response: Response, object_size: int, etag: str | None) -> None:
+        self._response = response
+        self.object_size = object_size
+        self.etag = etag
+
+    async def readinto(self, view: memoryview) -> int:
+        return await self._response.readinto(view)
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+def object_size_of(headers: Mapping[str, str]) -> int:
+    """Object size from ``Content-Range: bytes a-b/size`` or, for a 200, Content-Length; -1 if unknown."""
+    total = headers.get("content-range", "").rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    length = headers.get("content-length", "")
+    return int(length) if length.isdigit() else -1
 
 
 def check_range(url: str, status: int, content_range: str | None, start: int) -> None:

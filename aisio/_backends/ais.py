@@ -52,7 +52,7 @@ from ..errors import (
     RangeError,
     RequestError,
 )
-from ._base import check_range
+from ._base import HTTPBody, check_range, object_size_of
 
 __all__ = ["AISBackend"]
 
@@ -79,15 +79,6 @@ def _etag(headers: Mapping[str, str]) -> str | None:
     return etag.strip('"') if etag else None
 
 
-def _total_size(headers: Mapping[str, str]) -> int:
-    """Object size from ``Content-Range: bytes a-b/size`` or, for a 200, Content-Length."""
-    total = headers.get("content-range", "").rpartition("/")[2]
-    if total.isdigit():
-        return int(total)
-    length = headers.get("content-length", "")
-    return int(length) if length.isdigit() else -1
-
-
 def _byte_view(view: memoryview) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
@@ -107,21 +98,6 @@ class _Resp:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
-
-
-class _AISBody:
-    """The body of one data GET: the ``_http`` response reads into the caller's buffer."""
-
-    def __init__(self, response: _http.Response, object_size: int, etag: str | None) -> None:
-        self._response = response
-        self.object_size = object_size
-        self.etag = etag
-
-    async def readinto(self, view: memoryview) -> int:
-        return await self._response.readinto(view)
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
 
 
 class _EmptyBody:
@@ -434,7 +410,7 @@ class AISBackend:
     async def open_body(
         self, loc: Location, start: int, end: int | None, *, etag: str | None = None,
         archpath: str | None = None, etl_name: str | None = None, etl_args: str | None = None,
-    ) -> _AISBody | _EmptyBody:
+    ) -> HTTPBody | _EmptyBody:
         """GET bytes [start, end); ``archpath``: a file in a shard; ``etl_name``: a transform."""
         self._need_key(loc)
         if start < 0 or (end is not None and end < start):
@@ -459,7 +435,7 @@ class AISBackend:
             if etl_args:
                 params["etl_args"] = etl_args
         resp = await self._object_request("GET", loc, params=params, headers=headers, fast=True)
-        if resp.status == 416 and _total_size(resp.headers) == start:
+        if resp.status == 416 and object_size_of(resp.headers) == start:
             await resp.aclose()
             return _EmptyBody(start, None)
         if resp.status >= 300:
@@ -472,7 +448,7 @@ class AISBackend:
             await resp.aclose()
             raise
         assert isinstance(resp.stream, _http.Response)
-        return _AISBody(resp.stream, _total_size(resp.headers), got)
+        return HTTPBody(resp.stream, object_size_of(resp.headers), got)
 
     @staticmethod
     def _check_etag(loc: Location, expected: str | None, got: str | None) -> None:

@@ -33,7 +33,7 @@ from ..errors import (
     RangeError,
     RequestError,
 )
-from ._base import check_range
+from ._base import HTTPBody, check_range, object_size_of
 
 __all__ = ["S3Backend"]
 
@@ -109,30 +109,6 @@ def _payload(view: memoryview) -> bytes | bytearray:
     if isinstance(obj, (bytes, bytearray)) and len(obj) == view.nbytes and view.contiguous:
         return obj
     return view.tobytes()
-
-
-def _total_size(headers: Mapping[str, str]) -> int:
-    content_range = headers.get("content-range")
-    if content_range and "/" in content_range:
-        total = content_range.rsplit("/", 1)[1]
-        if total != "*":
-            return int(total)
-    return int(headers.get("content-length") or 0)
-
-
-class _S3Body:
-    """A GET body read by the zero-copy pool: the kernel fills the caller's view."""
-
-    def __init__(self, response: _http.Response, object_size: int, etag: str | None) -> None:
-        self._response = response
-        self.object_size = object_size
-        self.etag = etag
-
-    async def readinto(self, view: memoryview) -> int:
-        return await self._response.readinto(view)
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
 
 
 def _http_error(loc: Location, status: int, body: bytes, headers: Mapping[str, str]) -> Exception:
@@ -308,7 +284,7 @@ class S3Backend:
 
     async def open_body(
         self, loc: Location, start: int, end: int | None, *, etag: str | None = None
-    ) -> _S3Body:
+    ) -> HTTPBody:
         self._need_key(loc)
         headers: dict[str, str] = {}
         if end is not None:
@@ -324,8 +300,8 @@ class S3Backend:
             except BaseException:
                 await response.aclose()
                 raise
-            size = _total_size(response.headers)
-            return _S3Body(response, size, response.headers.get("etag"))
+            size = object_size_of(response.headers)
+            return HTTPBody(response, size, response.headers.get("etag"))
         try:
             body = await response.read()
         finally:
