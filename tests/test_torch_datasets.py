@@ -22,14 +22,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:User
 
 def fill(store: Store, count: int, size: int = 100, folder: str = "d/") -> dict[str, bytes]:
     """``count`` objects of distinct content under ``folder``; url -> bytes."""
-    client = aisio.Client(store.config)
     out = {}
-    for i in range(count):
-        url = store.url(f"{folder}obj-{i:03d}")
-        data = bytes([i % 251]) * (size + i)
-        client.put(url, data)
-        out[parse(url)] = data
-    client.close()
+    with aisio.Client(store.config) as client:
+        for i in range(count):
+            url = store.url(f"{folder}obj-{i:03d}")
+            data = bytes([i % 251]) * (size + i)
+            client.put(url, data)
+            out[parse(url)] = data
     return out
 
 
@@ -294,10 +293,10 @@ def test_progress_bar(store: Store, capfd: pytest.CaptureFixture[str]) -> None:
 def test_dynamic_batch_sampler_packs_by_size(request: pytest.FixtureRequest,
                                              caplog: pytest.LogCaptureFixture) -> None:
     store = make_store("ais", request)
-    client = aisio.Client(store.config)
     sizes = [30, 50, 20, 0, 120, 40, 60, 100, 10]
-    for i, size in enumerate(sizes):
-        client.put(store.url(f"s/{i}"), b"x" * size)
+    with aisio.Client(store.config) as client:
+        for i, size in enumerate(sizes):
+            client.put(store.url(f"s/{i}"), b"x" * size)
     ds = MapDataset.from_prefix(store.url("s/"), config=store.config)
     heads = store.server.count(method="HEAD")
     batches = list(DynamicBatchSampler(ds, max_batch_size=100))
@@ -324,4 +323,3 @@ def test_dynamic_batch_sampler_packs_by_size(request: pytest.FixtureRequest,
                         multiprocessing_context="fork", collate_fn=list)
     assert [[len(b) for _, b in batch] for batch in dl] == [[30, 50, 20], [40, 60], [100],
                                                            [10]]
-    client.close()

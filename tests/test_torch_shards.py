@@ -38,7 +38,6 @@ def write_shards(store: Store, folder: str, count: int, per_shard: int, name: st
     """Write shards with webdataset's TarWriter to a local folder and to the store."""
     local = os.path.join(str(store.server_dir), folder)
     os.makedirs(local, exist_ok=True)
-    client = aisio.Client(store.config)
     paths = []
     for s in range(count):
         path = os.path.join(local, f"{name}-{s:03d}.tar")
@@ -49,10 +48,15 @@ def write_shards(store: Store, folder: str, count: int, per_shard: int, name: st
                     item["bin"] = os.urandom(big)
                 writer.write(item)
         with open(path, "rb") as f:
-            client.put(store.url(f"{folder}{name}-{s:03d}.tar"), f.read())
+            put(store, {store.url(f"{folder}{name}-{s:03d}.tar"): f.read()})
         paths.append(path)
-    client.close()
     return paths
+
+
+def put(store: Store, objects: dict[str, bytes]) -> None:
+    with aisio.Client(store.config) as client:
+        for url, data in objects.items():
+            client.put(url, data)
 
 
 @pytest.fixture
@@ -144,11 +148,10 @@ def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
 
 
 def test_truncated_and_corrupt_shards_raise_after_the_shards_before(store: Store) -> None:
-    client = aisio.Client(store.config)
     good = tar_bytes([("a.txt", b"1"), ("a.cls", b"x"), ("b.txt", b"2")])
     long = tar_bytes([("c.txt", b"3"), ("c.bin", b"z" * 5000), ("d.txt", b"4")])
-    client.put(store.url("bad/0.tar"), good)
-    client.put(store.url("bad/1.tar"), long[:512 + 512 + 512 + 1000])  # cut inside c.bin
+    put(store, {store.url("bad/0.tar"): good,
+                store.url("bad/1.tar"): long[:512 + 512 + 512 + 1000]})  # cut inside c.bin
     reader = ShardReader(store.url("bad/"), config=store.config)
     it = iter(reader)
     assert [next(it)[0] for _ in range(2)] == ["a", "b"]
@@ -160,13 +163,12 @@ def test_truncated_and_corrupt_shards_raise_after_the_shards_before(store: Store
 
     corrupt = bytearray(long)
     corrupt[1024 + 148] ^= 0x01  # the checksum of c.bin's header
-    client.put(store.url("bad/1.tar"), bytes(corrupt))
+    put(store, {store.url("bad/1.tar"): bytes(corrupt)})
     with pytest.raises(ShardFormatError, match="checksum") as info:
         list(ShardReader(store.url("bad/"), config=store.config))
     assert info.value.offset == 1024
     err = pickle.loads(pickle.dumps(info.value))  # crosses from DataLoader workers
     assert (err.url, err.offset) == (info.value.url, info.value.offset)
-    client.close()
 
 
 def test_prefix_map_and_named_shards(shards_store: Store) -> None:
