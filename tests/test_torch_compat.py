@@ -286,7 +286,7 @@ def test_ais_sdk_objects_and_etl(request: pytest.FixtureRequest) -> None:
     assert [(u, r.read()) for u, r in loader] == [
         (f"ais://aisio-test/{k}", data[k].upper()) for k in keys[:2]]
     plain = AISFileLoader(list(files)[:1], url=store.server.endpoint)
-    url, reader = next(iter(plain))
+    _, reader = next(iter(plain))
     assert reader.read() == data[keys[0]] and reader.key == keys[0] and len(plain) == 1
 
 

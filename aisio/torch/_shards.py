@@ -14,6 +14,7 @@ a stream of the bytes of every member of every shard, as the AIS seed's multisha
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
@@ -230,7 +231,13 @@ class ShardReader(_ShardSet, torch.utils.data.IterableDataset[Sample]):
     Shards are shared out over ranks and DataLoader workers (each read once per epoch),
     optionally shuffled by ``(seed, epoch)`` (see ``set_epoch``); samples keep tar order.
     A truncated or corrupt shard raises ``ShardFormatError`` naming it and the offset.
+
+    Every sample is a ``ZeroDict`` holding each extension seen so far (``b""`` where it
+    lacks one), and the first 64 samples are read before the first is yielded, so the
+    default collate sees every extension that occurs early in the stream.
     """
+
+    _lookahead = 64  # samples held before the first is yielded, to learn the extensions
 
     def __init__(self, urls_or_prefixes: str | Iterable[Any],
                  prefix_map: Mapping[Any, str | Sequence[str] | None] | None = None,
@@ -248,6 +255,27 @@ class ShardReader(_ShardSet, torch.utils.data.IterableDataset[Sample]):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {len(self._entries)} sources>"
 
+    def _with_keys(self, samples: Iterator[Sample]) -> Iterator[Sample]:
+        """Give each sample every extension seen so far, after a look-ahead at the start."""
+        if not self._lookahead:
+            yield from samples
+            return
+        held: list[Sample] = []
+        error: Exception | None = None
+        try:
+            for sample in samples:
+                held.append(sample)
+                if len(held) >= self._lookahead:
+                    break
+        except Exception as exc:  # raised after the samples before it
+            error = exc
+        for sample in itertools.chain(held, samples) if error is None else held:
+            for key in tuple(self._keys):
+                sample[1].setdefault(key, b"")
+            yield sample
+        if error is not None:
+            raise error
+
     def __iter__(self) -> Iterator[Sample]:
         epoch = self._next_epoch()
         entries, shard = self._plan()
@@ -256,7 +284,7 @@ class ShardReader(_ShardSet, torch.utils.data.IterableDataset[Sample]):
         pipe = self._pipe(aclient, infos)
         progress = Progress(type(self).__name__, enabled=self.show_progress, unit="sample")
         try:
-            for sample in pipe:
+            for sample in self._with_keys(iter(pipe)):
                 progress.update(_sample_bytes(sample))
                 yield sample
         finally:

@@ -576,15 +576,25 @@ class AISShardReader(ShardReader):
     async def _shard_items(self, members: AsyncGenerator[Member], url: str
                            ) -> AsyncGenerator[Any]:
         samples: dict[str, dict[str, bytes]] = {}
+        extensions: set[str] = set()
         async for name, data in members:
             split = _seed_split(name)
             if split is None:
                 continue
             basename, extension = split
-            self._keys.add(extension)
+            extensions.add(extension)
             samples.setdefault(basename, {})[extension] = data
         for basename, sample in samples.items():
-            yield basename, ZeroDict(sample, self._keys)
+            yield basename, ZeroDict(sample, extensions)
+
+    def _with_keys(self, samples: Iterator[Any]) -> Iterator[Any]:
+        # Extensions gathered shard by shard in reading order, for the life of this object:
+        # done here, not where shards are parsed, since the next shard is parsed meanwhile.
+        for sample in samples:
+            self._keys.update(sample[1])
+            for key in tuple(self._keys):
+                sample[1].setdefault(key, b"")
+            yield sample
 
     def __len__(self) -> int:
         """The number of member files in every shard (reads every shard once)."""
