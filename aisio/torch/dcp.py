@@ -1,0 +1,854 @@
+"""Distributed checkpoints (``torch.distributed.checkpoint``) saved to and loaded from URLs.
+
+``StorageWriter`` writes what torch's ``FileSystemWriter`` writes (one ``.distcp`` object
+per rank and thread bucket, each item the bytes of ``torch.save``, then a pickled
+``.metadata``), so either side can be torch's own. ``.metadata`` goes up last, in one
+PUT: a save that fails midway never looks like a complete checkpoint.
+
+``StorageReader`` runs one coroutine per load that reads every file concurrently. With
+the default ``dcp_optimized`` reader each file's byte ranges are coalesced into a few
+GETs whose tensor bytes land straight in the destination tensors; each item's zip header
+arrives in the same GET and is checked before the tensor is committed. ``sequential()``
+and ``range_based()`` read the files one after another through that reader instead.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import io
+import math
+import os
+import pickle
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any, cast
+
+import anyio
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint import filesystem as _torch_fs
+from torch.distributed.checkpoint import storage as _storage
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import (
+    LoadItemType,
+    LoadPlan,
+    LoadPlanner,
+    ReadItem,
+    SavePlan,
+    SavePlanner,
+    WriteItem,
+    WriteItemType,
+)
+from torch.distributed.checkpoint.storage import WriteResult
+from torch.futures import Future
+
+from .. import _bridge
+from .._buffers import writable_view
+from .._config import ClientConfig
+from .._planner import coalesce
+from .._readers import ReaderConstructor
+from .._url import parse_url
+from ..errors import InvalidURLError, ObjectNotFoundError, RangeError
+from . import _dcp_layout as layout
+from ._checkpoint import compat_config
+from ._datasets import client_for
+
+__all__ = [
+    "BinaryPrefixStrategy",
+    "DefaultPrefixStrategy",
+    "HexPrefixStrategy",
+    "LoadStatistics",
+    "NumericPrefixStrategy",
+    "PrefixStrategy",
+    "RoundRobinPrefixStrategy",
+    "S3PrefixStrategyBase",
+    "S3StorageReader",
+    "S3StorageWriter",
+    "StorageReader",
+    "StorageWriter",
+]
+
+# torch's own class: .metadata files pickle it, so both sides must use the same one
+_StorageInfo = _torch_fs._StorageInfo
+_METADATA = ".metadata"
+_SUFFIX = ".distcp"
+_DCP_VERSION = getattr(_torch_fs, "CURRENT_DCP_VERSION", "1.0.0")
+_WHOLE_GET = 2**50  # part size of the scatter client: the reader cuts spans itself
+_SMALL_WRITE = 1 << 20  # torch.save's small writes are gathered up to this before a hop
+
+
+def _join(base: str, name: str) -> str:
+    """The URL of ``name`` (which may contain '/') inside the checkpoint folder ``base``."""
+    loc = parse_url(base)
+    key = loc.key.rstrip("/")
+    return loc.child(f"{key}/{name}" if key or loc.scheme == "file" else name).url
+
+
+def _metadata_name(rank: int | None) -> str:
+    return _METADATA if rank is None else f"__{rank}{_METADATA}"
+
+
+def _valid_url(checkpoint_id: str | os.PathLike[str]) -> bool:
+    try:
+        parse_url(checkpoint_id)
+    except InvalidURLError:
+        return False
+    return True
+
+
+def _done(value: Any) -> Future[Any]:
+    fut: Future[Any] = Future()
+    fut.set_result(value)
+    return fut
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error of a task group, so callers see aisio errors, not groups."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return exc
+    return group.exceptions[0]
+
+
+# ---------------------------------------------------------------------------- prefixes
+
+
+class PrefixStrategy(abc.ABC):
+    """Names the key prefix of a rank's data files; spreading ranks over prefixes avoids throttling."""
+
+    def __call__(self, rank: int) -> str:
+        return self.generate_prefix(rank)
+
+    @abc.abstractmethod
+    def generate_prefix(self, rank: int) -> str:
+        """The prefix of ``rank``'s files, relative to the checkpoint URL."""
+
+
+S3PrefixStrategyBase = PrefixStrategy  # the S3 connector's name
+
+
+class DefaultPrefixStrategy(PrefixStrategy):
+    """``__{rank}_``: the file names torch's FileSystemWriter uses."""
+
+    def generate_prefix(self, rank: int) -> str:
+        return f"__{rank}_"
+
+
+def _epoch(epoch_num: int | None) -> str:
+    return "" if epoch_num is None else f"epoch_{epoch_num}/"
+
+
+class NumericPrefixStrategy(PrefixStrategy):
+    """``{digits}/[epoch_{n}/]__{rank}_``: rank mod ``prefix_count`` in base ``base``, digits reversed.
+
+    Reversed digits vary in the first character, which is what S3 partitions keys by.
+    ``prefix_count`` defaults to the world size when torch.distributed is initialized.
+    """
+
+    def __init__(self, base: int, epoch_num: int | None = None, min_prefix_length: int = 10,
+                 prefix_count: int | None = None) -> None:
+        if not 2 <= base <= 16:
+            raise ValueError(f"base must be between 2 and 16, got {base}")
+        if min_prefix_length < 1:
+            raise ValueError(f"min_prefix_length must be positive, got {min_prefix_length}")
+        if epoch_num is not None and not isinstance(epoch_num, int):
+            raise ValueError(f"epoch_num must be None or an integer, got {epoch_num!r}")
+        if prefix_count is not None and (not isinstance(prefix_count, int) or prefix_count < 1):
+            raise ValueError(f"prefix_count must be a positive integer, got {prefix_count!r}")
+        if prefix_count is None:
+            prefix_count = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.base, self.epoch_num, self.prefix_count = base, epoch_num, prefix_count
+        digits = 1
+        while base**digits < prefix_count:
+            digits += 1
+        self.prefix_length = max(digits, min_prefix_length)
+
+    def generate_prefix(self, rank: int) -> str:
+        n, digits = rank % self.prefix_count, []
+        for _ in range(self.prefix_length):
+            n, d = divmod(n, self.base)
+            digits.append("0123456789abcdef"[d])
+        return f"{''.join(digits)}/{_epoch(self.epoch_num)}__{rank}_"
+
+
+class BinaryPrefixStrategy(NumericPrefixStrategy):
+    """Numeric prefixes in base 2."""
+
+    def __init__(self, epoch_num: int | None = None, min_prefix_length: int = 10,
+                 prefix_count: int | None = None) -> None:
+        super().__init__(2, epoch_num, min_prefix_length, prefix_count)
+
+
+class HexPrefixStrategy(NumericPrefixStrategy):
+    """Numeric prefixes in base 16."""
+
+    def __init__(self, epoch_num: int | None = None, min_prefix_length: int = 10,
+                 prefix_count: int | None = None) -> None:
+        super().__init__(16, epoch_num, min_prefix_length, prefix_count)
+
+
+class RoundRobinPrefixStrategy(PrefixStrategy):
+    """``{user_prefixes[rank % n]}/[epoch_{n}/]__{rank}_``."""
+
+    def __init__(self, user_prefixes: Sequence[str], epoch_num: int | None = None) -> None:
+        if not user_prefixes:
+            raise ValueError("user_prefixes must not be empty")
+        self.user_prefixes, self.epoch_num = list(user_prefixes), epoch_num
+
+    def generate_prefix(self, rank: int) -> str:
+        chosen = self.user_prefixes[rank % len(self.user_prefixes)]
+        return f"{chosen}/{_epoch(self.epoch_num)}__{rank}_"
+
+
+# ---------------------------------------------------------------------------- writer
+
+
+@dataclass(frozen=True)
+class _FilePrefix:
+    """The plan's storage data: where a rank's files go (what torch's _StoragePrefix carries)."""
+
+    prefix: str
+
+
+class _UploadStream:
+    """What torch.save writes into: gathers its small writes, so each costs no loop-thread hop."""
+
+    def __init__(self, writer: _bridge.Writer) -> None:
+        self._writer = writer
+        self._pending = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if len(self._pending) + len(view) < _SMALL_WRITE:
+            self._pending += view
+            return len(view)
+        self._drain()
+        self._writer.write(view)
+        return len(view)
+
+    def _drain(self) -> None:
+        if self._pending:
+            self._writer.write(self._pending)
+            self._pending = bytearray()
+
+    def tell(self) -> int:
+        return self._writer.tell() + len(self._pending)
+
+    def flush(self) -> None:
+        """torch.save flushes at its end; the bytes stay gathered until ``close``."""
+
+    def close(self) -> None:
+        self._drain()
+        self._writer.close()
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+def _buckets(items: list[WriteItem], count: int) -> list[list[WriteItem]]:
+    """Split items into ``count`` files: byte items dealt round, tensors largest first to the lightest."""
+    if count <= 1:
+        return [items]
+    buckets: list[list[WriteItem]] = [[] for _ in range(count)]
+    sizes = [0] * count
+    byte_items = [i for i in items if i.type == WriteItemType.BYTE_IO]
+    tensors = [i for i in items if i.type != WriteItemType.BYTE_IO]
+    for n, item in enumerate(byte_items):
+        buckets[n % count].append(item)
+    for item in sorted(tensors, key=lambda i: i.tensor_storage_size() or 0, reverse=True):
+        lightest = sizes.index(min(sizes))
+        buckets[lightest].append(item)
+        sizes[lightest] += item.tensor_storage_size() or 0
+    return buckets
+
+
+def _savable(data: Any) -> torch.Tensor:
+    """A CPU tensor whose storage is exactly its row-major bytes (fast to load, nothing extra saved)."""
+    tensor = data.detach() if isinstance(data, torch.Tensor) else torch.as_tensor(data)
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    if not tensor.is_contiguous() or tensor.untyped_storage().nbytes() != tensor.nbytes:
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
+    return tensor
+
+
+class StorageWriter(_storage.StorageWriter):
+    """Saves a DCP checkpoint to a URL folder (``s3://``, ``ais://``, ``file://`` or a path).
+
+    Each rank writes one object per thread bucket, named ``{prefix}{n}.distcp`` as torch's
+    FileSystemWriter names them (``prefix_strategy`` can spread ranks over key prefixes),
+    through the multipart writer; ``thread_count`` buckets are serialized in parallel.
+    ``overwrite=False`` refuses a folder that already holds a checkpoint.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        config: ClientConfig | None = None,
+        *,
+        thread_count: int = 1,
+        prefix_strategy: PrefixStrategy | Callable[[int], str] | None = None,
+        overwrite: bool = True,
+        max_in_flight: int | None = None,
+    ) -> None:
+        super().__init__()
+        if thread_count < 1:
+            raise ValueError(f"thread_count must be positive, got {thread_count}")
+        self.url = os.fspath(url)
+        self.config = config if config is not None else ClientConfig.from_env()
+        self.thread_count = thread_count
+        self.prefix_strategy = prefix_strategy or DefaultPrefixStrategy()
+        self.overwrite = overwrite
+        self.max_in_flight = max_in_flight
+        self.save_id = uuid.uuid4().hex
+        self.rank: int | None = None
+        self.is_coordinator = False
+        self.use_collectives = True
+
+    def __repr__(self) -> str:
+        return f"<aisio StorageWriter {self.url}>"
+
+    @property
+    def client(self) -> _bridge.Client:
+        """This process's client for the writes."""
+        return client_for(self.config)
+
+    @property
+    def checkpoint_id(self) -> str:
+        """The checkpoint's URL."""
+        return self.url
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return _valid_url(checkpoint_id)
+
+    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
+        if checkpoint_id:
+            self.url = os.fspath(checkpoint_id)
+        self.save_id = uuid.uuid4().hex
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.is_coordinator = is_coordinator
+        self.rank = kwargs.get("rank")
+        self.use_collectives = kwargs.get("use_collectives", True)
+
+    def storage_meta(self) -> StorageMeta | None:
+        return StorageMeta(checkpoint_id=self.url, save_id=self.save_id)
+
+    def _own_metadata(self) -> str:
+        rank = None if self.use_collectives else self.rank
+        return _join(self.url, _metadata_name(rank))
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        if not self.overwrite and self._exists(self._own_metadata()):
+            raise FileExistsError(f"a checkpoint already exists at {self.url} (overwrite=False)")
+        if self.rank is not None and not self.use_collectives:
+            plan = dataclasses.replace(plan, storage_data=_FilePrefix(self.prefix_strategy(self.rank)))
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        # an overwritten checkpoint must not look complete before the new .metadata lands
+        self._remove(self._own_metadata())
+        return [
+            plan if plan.storage_data is not None
+            else dataclasses.replace(plan, storage_data=_FilePrefix(self.prefix_strategy(i)))
+            for i, plan in enumerate(plans)
+        ]
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        prefix = getattr(plan.storage_data, "prefix", None)
+        if not isinstance(prefix, str):
+            raise ValueError("the save plan has no file prefix; was prepare_global_plan called?")
+        files = [(f"{prefix}{n}{_SUFFIX}", bucket)
+                 for n, bucket in enumerate(_buckets(plan.items, self.thread_count)) if bucket]
+        if len(files) <= 1:
+            results = [self._write_file(name, items, planner) for name, items in files]
+        else:
+            with ThreadPoolExecutor(len(files), thread_name_prefix="aisio-dcp-save") as pool:
+                results = list(pool.map(lambda f: self._write_file(f[0], f[1], planner), files))
+        return _done([r for rs in results for r in rs])
+
+    def _write_file(self, name: str, items: list[WriteItem], planner: SavePlanner) -> list[WriteResult]:
+        """Serialize ``items`` (byte items first, as torch does) into one uploaded object."""
+        stream = _UploadStream(self.client.writer(_join(self.url, name),
+                                                  max_in_flight=self.max_in_flight))
+        results = []
+        try:
+            for item in sorted(items, key=lambda i: i.type != WriteItemType.BYTE_IO):
+                data = planner.resolve_data(item)
+                offset = stream.tell()
+                if item.type == WriteItemType.BYTE_IO:
+                    assert isinstance(data, io.BytesIO)
+                    stream.write(data.getbuffer())
+                else:
+                    torch.save(_savable(data), cast("IO[bytes]", stream))
+                length = stream.tell() - offset
+                results.append(WriteResult(index=item.index, size_in_bytes=length,
+                                           storage_data=_StorageInfo(name, offset, length)))
+            stream.close()
+        except BaseException:
+            stream.abort()
+            raise
+        return results
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        """Write ``.metadata`` in one PUT, after every rank's files are complete."""
+        metadata.version = _DCP_VERSION
+        metadata.storage_data = {r.index: r.storage_data for rs in results for r in rs}
+        metadata.storage_meta = self.storage_meta()
+        self.client.put(self._own_metadata(), pickle.dumps(metadata))
+
+    def _exists(self, url: str) -> bool:
+        try:
+            self.client.head(url)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def _remove(self, url: str) -> None:
+        with contextlib.suppress(ObjectNotFoundError):
+            self.client.delete(url)
+
+
+# ---------------------------------------------------------------------------- reader
+
+
+@dataclass(frozen=True)
+class LoadStatistics:
+    """How the last ``read_data`` went: items landed in place, copied, or read whole."""
+
+    files: int = 0
+    in_place: int = 0
+    copied: int = 0
+    whole: int = 0
+    refetched: int = 0
+    requests: int = 0
+
+
+@dataclass
+class _Stored:
+    """One stored item of a .distcp file and the read items this rank needs from it."""
+
+    info: Any  # torch's _StorageInfo
+    reads: list[ReadItem]
+    targets: list[torch.Tensor] = field(default_factory=list)
+    dtype: torch.dtype | None = None
+    shape: tuple[int, ...] = ()
+    mode: str = "whole"  # "in_place" | "copied" | "whole"
+    data_start: int = 0
+    run: tuple[int, int] = (0, 0)
+    head: bytearray = field(default_factory=bytearray)
+    data: bytearray = field(default_factory=bytearray)
+
+    def segments(self) -> list[tuple[int, memoryview]]:
+        """(file offset, buffer) pairs this item's bytes go to."""
+        off = self.info.offset
+        if self.mode == "whole":
+            return [(off, memoryview(self.data))] if self.data else []
+        segs = [(off, memoryview(self.head))]
+        assert self.dtype is not None
+        payload = off + self.data_start + self.run[0] * self.dtype.itemsize
+        view = writable_view(self.targets[0]) if self.mode == "in_place" else memoryview(self.data)
+        if len(view):
+            segs.append((payload, view))
+        return segs
+
+
+class StorageReader(_storage.StorageReader):
+    """Loads a DCP checkpoint from a URL folder (``s3://``, ``ais://``, ``file://`` or a path).
+
+    ``reader_constructor`` is ``ReaderConstructor.dcp_optimized()`` when None: ranges
+    closer than its ``max_gap_size`` share a GET, and the spans of all files are cut into
+    about ``streams`` GETs in flight (pieces no smaller than ``config.part_size``): more
+    streams suit S3, fewer suit servers that pay per request for the whole object.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        config: ClientConfig | None = None,
+        reader_constructor: ReaderConstructor | None = None,
+        *,
+        streams: int = 8,
+    ) -> None:
+        super().__init__()
+        if streams < 1:
+            raise ValueError(f"streams must be positive, got {streams}")
+        self.url = os.fspath(url)
+        self.config = config if config is not None else ClientConfig.from_env()
+        self.reader_constructor = reader_constructor or ReaderConstructor.dcp_optimized()
+        self.streams = streams
+        self.load_id = uuid.uuid4().hex
+        self.metadata: Metadata | None = None
+        self.storage_data: dict[Any, Any] = {}
+        self._raw_metadata: dict[str, bytes] = {}
+        self._chunks: dict[tuple[str, tuple[int, ...]], tuple[torch.dtype, tuple[int, ...]]] = {}
+        self._stats = LoadStatistics()
+
+    def __repr__(self) -> str:
+        return f"<aisio StorageReader {self.url} {self.reader_constructor.kind}>"
+
+    @property
+    def client(self) -> _bridge.Client:
+        """This process's client for the reads; with dcp_optimized its GETs are never split,
+        because the reader cuts spans into pieces itself."""
+        config = self.config
+        if self.reader_constructor.kind == "dcp_optimized":
+            config = config.replace(part_size=_WHOLE_GET)
+        return client_for(config)
+
+    @property
+    def checkpoint_id(self) -> str:
+        """The checkpoint's URL."""
+        return self.url
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return _valid_url(checkpoint_id)
+
+    def statistics(self) -> LoadStatistics:
+        """How the last ``read_data`` of this reader went."""
+        return self._stats
+
+    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
+        if checkpoint_id:
+            self.url = os.fspath(checkpoint_id)
+        self.load_id = uuid.uuid4().hex
+        self.metadata, self.storage_data = None, {}
+        self._raw_metadata.clear()
+        self._chunks.clear()
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        """The checkpoint's ``.metadata`` (``__{rank}.metadata`` with ``rank=``), fetched once."""
+        name = _metadata_name(kwargs.get("rank"))
+        raw = self._raw_metadata.get(name)
+        if raw is None:
+            url = _join(self.url, name)
+            try:
+                raw = self._raw_metadata[name] = self.client.get(url)
+            except ObjectNotFoundError as exc:
+                raise ObjectNotFoundError(
+                    f"no DCP checkpoint at {self.url}: {url} does not exist", url=url) from exc
+        metadata = pickle.loads(raw)
+        if not isinstance(metadata, Metadata):
+            raise ValueError(f"{_join(self.url, name)} is not DCP metadata")
+        if metadata.storage_meta is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any,
+                              **kwargs: Any) -> None:
+        if metadata.storage_data is None:
+            raise ValueError(f"the metadata of {self.url} has no storage_data")
+        self.metadata, self.storage_data = metadata, metadata.storage_data
+        self._chunks.clear()
+        for fqn, md in metadata.state_dict_metadata.items():
+            if isinstance(md, TensorStorageMetadata):
+                for chunk in md.chunks:
+                    self._chunks[(fqn, tuple(chunk.offsets))] = (md.properties.dtype,
+                                                                 tuple(chunk.sizes))
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        """Order the items by file and offset, the order their bytes arrive in."""
+        data = self.storage_data
+        items = sorted(plan.items, key=lambda r: (data[r.storage_index].relative_path,
+                                                  data[r.storage_index].offset))
+        return dataclasses.replace(plan, items=items)
+
+    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        return plans
+
+    # -- reading
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        """Fetch every file of the plan in one coroutine, then check and commit item by item."""
+        files: dict[str, list[_Stored]] = {}
+        by_index: dict[Any, _Stored] = {}
+        for req in plan.items:
+            stored = by_index.get(req.storage_index)
+            if stored is None:
+                info = self.storage_data[req.storage_index]
+                stored = by_index[req.storage_index] = _Stored(info, [])
+                files.setdefault(info.relative_path, []).append(stored)
+            stored.reads.append(req)
+        for stored in by_index.values():
+            self._plan(stored, planner)
+        before = self._requests()
+        self._fetch(files)
+        refetch = {path: bad for path, items in files.items()
+                   if (bad := [s for s in items if s.mode != "whole" and not self._verified(s)])}
+        for items in refetch.values():
+            for stored in items:
+                stored.mode, stored.data = "whole", bytearray(stored.info.length)
+        if refetch:
+            self._fetch(refetch, check_sizes=False)
+        for items in files.values():
+            for stored in items:
+                self._commit(stored, planner)
+        modes = [s.mode for s in by_index.values()]
+        self._stats = LoadStatistics(
+            files=len(files), in_place=modes.count("in_place"), copied=modes.count("copied"),
+            whole=modes.count("whole"), refetched=sum(map(len, refetch.values())),
+            requests=self._requests() - before)
+        return _done(None)
+
+    def _requests(self) -> int:
+        return self.client.statistics().requests
+
+    def _plan(self, stored: _Stored, planner: LoadPlanner) -> None:
+        """Choose how a stored item is read: into the destination, into a scratch run, or whole."""
+        info, req = stored.info, stored.reads[0]
+        if req.type == LoadItemType.BYTE_IO:
+            stored.data = bytearray(info.length)
+            return
+        stored.targets = [planner.resolve_tensor(r).detach() for r in stored.reads]
+        chunk = self._chunks.get((req.storage_index.fqn, tuple(req.storage_index.offset or ())))
+        if chunk is None and req.storage_index.offset is None:
+            chunk = self._chunks.get((req.storage_index.fqn, ()))
+        predicted = layout.predict_layout(*chunk) if chunk is not None else None
+        if (chunk is None or predicted is None or predicted[1] != info.length
+                or getattr(info, "transform_descriptors", None) or len(stored.reads) > 1):
+            stored.data = bytearray(info.length)
+            return
+        stored.dtype, stored.shape = chunk
+        stored.data_start = predicted[0]
+        a, b, exact = layout.box_run(stored.shape, req.storage_offsets, req.lengths)
+        stored.run = (a, b)
+        stored.head = bytearray(stored.data_start)
+        target = stored.targets[0]
+        if (exact and target.device.type == "cpu" and target.dtype == stored.dtype
+                and target.layout == torch.strided and target.is_contiguous()
+                and not target.is_conj() and not target.is_neg()
+                and tuple(target.shape) == tuple(req.lengths)):
+            stored.mode = "in_place"
+        else:
+            stored.mode = "copied"
+            stored.data = bytearray((b - a) * stored.dtype.itemsize)
+
+    def _verified(self, stored: _Stored) -> bool:
+        """Does the item's own header confirm where the prediction put its payload?"""
+        header = layout.parse_header(stored.head)
+        assert stored.dtype is not None
+        return (header is not None and header.data_start == stored.data_start
+                and header.is_plain(stored.dtype, stored.shape))
+
+    def _commit(self, stored: _Stored, planner: LoadPlanner) -> None:
+        """Hand the item to the planner: bytes to load_bytes, tensors copied in and committed."""
+        req = stored.reads[0]
+        if req.type == LoadItemType.BYTE_IO:
+            planner.load_bytes(req, io.BytesIO(self._untransformed(stored).read()))
+            return
+        if stored.mode == "copied":
+            assert stored.dtype is not None
+            flat = _frombuffer(stored.data, stored.dtype)
+            src = layout.box_view(flat, stored.shape, req.lengths)
+            _copy_into(stored.targets[0], src, req)
+        elif stored.mode == "whole":
+            whole = self._load_whole(stored)
+            for r, target in zip(stored.reads, stored.targets, strict=True):
+                _copy_into(target, layout.narrow(whole, r.storage_offsets, r.lengths), r)
+        for r, target in zip(stored.reads, stored.targets, strict=True):
+            planner.commit_tensor(r, target)
+
+    def _untransformed(self, stored: _Stored) -> io.BytesIO:
+        """The item's bytes with any stream transforms (torch's extensions) undone."""
+        raw = io.BytesIO(stored.data)
+        descriptors = getattr(stored.info, "transform_descriptors", None)
+        if not descriptors:
+            return raw
+        transforms = _torch_fs._StorageReaderTransforms()
+        return io.BytesIO(transforms.transform_load_stream(stored.reads[0], descriptors, raw).read())
+
+    def _load_whole(self, stored: _Stored) -> torch.Tensor:
+        """The stored tensor from the item's full bytes: by its header if plain, else torch.load."""
+        if stored.dtype is not None and not getattr(stored.info, "transform_descriptors", None):
+            header = layout.parse_header(memoryview(stored.data)[:1 << 16])
+            if header is not None and header.is_plain(stored.dtype, stored.shape):
+                end = header.data_start + header.storage_nbytes
+                if end <= len(stored.data):
+                    flat = _frombuffer(memoryview(stored.data)[header.data_start:end], stored.dtype)
+                    return flat.view(stored.shape)
+        loaded = torch.load(self._untransformed(stored), map_location="cpu", weights_only=True)
+        if not isinstance(loaded, torch.Tensor):
+            raise ValueError(f"item {stored.reads[0].storage_index.fqn} of "
+                             f"{_join(self.url, stored.info.relative_path)} is not a tensor")
+        return loaded
+
+    # -- I/O
+
+    def _file_ends(self) -> dict[str, int]:
+        """The size each file must have at least, by the metadata."""
+        ends: dict[str, int] = {}
+        for info in self.storage_data.values():
+            ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+        return ends
+
+    def _fetch(self, files: dict[str, list[_Stored]], *, check_sizes: bool = True) -> None:
+        """Fill the items' buffers; with ``check_sizes`` a file shorter than its metadata fails.
+
+        The check costs no request of its own: the scatter read also fetches each file's
+        last byte (its zip trailer is usually in the same GET), the readers know the size.
+        """
+        ends = self._file_ends()
+        segments: dict[str, list[tuple[int, memoryview]]] = {}
+        need: dict[str, int] = {}
+        for path, items in files.items():
+            url = _join(self.url, path)
+            segments[url] = [seg for s in items for seg in s.segments()]
+            need[url] = ends[path] if check_sizes else 0
+            last = max((off + len(v) for off, v in segments[url]), default=0)
+            if check_sizes and ends[path] > last:
+                segments[url].append((ends[path] - 1, memoryview(bytearray(1))))
+        if self.reader_constructor.kind == "dcp_optimized":
+            _bridge.run(self._scatter_all, segments, need)
+        else:
+            _bridge.run(self._read_in_turn, segments, need)
+
+    async def _scatter_all(self, segments: dict[str, list[tuple[int, memoryview]]],
+                           need: dict[str, int]) -> None:
+        """All files at once: coalesced spans cut into about ``streams`` similar GETs."""
+        aclient = self.client.aclient
+        max_gap = self.reader_constructor.max_gap_size
+        spans = {url: coalesce([(off, off + len(v)) for off, v in segs], max_gap)
+                 for url, segs in segments.items()}
+        total = sum(s.size for ss in spans.values() for s in ss)
+        part = max(self.config.part_size, math.ceil(total / self.streams))
+
+        async def one_file(url: str) -> None:
+            segs = segments[url]
+            pieces = [_cut(span.start, span.end, [segs[i] for i in span.members], part)
+                      for span in spans[url] if span.size]
+            try:
+                async with anyio.create_task_group() as tg:
+                    for piece in (p for ps in pieces for p in ps):
+                        tg.start_soon(aclient.get_ranges_into, url, piece, math.inf)
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for url in segments:
+                    tg.start_soon(self._explained, one_file, url, need[url])
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+
+    async def _read_in_turn(self, segments: dict[str, list[tuple[int, memoryview]]],
+                            need: dict[str, int]) -> None:
+        """One file after another through the configured reader, items in offset order."""
+        aclient = self.client.aclient
+
+        async def one_file(url: str) -> None:
+            reader = await aclient.open(url, self.reader_constructor)
+            try:
+                if reader.size < need[url]:
+                    raise _truncated(url, reader.size, need[url], self.url)
+                for off, view in sorted(segments[url], key=lambda s: s[0]):
+                    reader.seek(off)
+                    got = 0
+                    while got < len(view):
+                        n = await reader.readinto(view[got:])
+                        if n == 0:
+                            raise RangeError(f"short object {url}", url=url)
+                        got += n
+            finally:
+                await reader.aclose()
+
+        for url in segments:
+            await self._explained(one_file, url, need[url])
+
+    async def _explained(self, fn: Callable[[str], Any], url: str, need: int) -> None:
+        """Run ``fn(url)``, turning a missing or short object into an error that names it."""
+        try:
+            await fn(url)
+        except ObjectNotFoundError as exc:
+            raise ObjectNotFoundError(
+                f"checkpoint file {url} is missing (it is listed in the metadata of {self.url})",
+                url=url) from exc
+        except RangeError as exc:
+            size = (await self.client.aclient.head(url)).size
+            if size >= need:
+                raise
+            raise _truncated(url, size, need, self.url) from exc
+
+
+def _truncated(url: str, size: int, need: int, checkpoint: str) -> RangeError:
+    return RangeError(f"checkpoint file {url} is truncated: it has {size} bytes but the "
+                      f"metadata of {checkpoint} expects {need}", url=url)
+
+
+def _cut(start: int, end: int, segs: list[tuple[int, memoryview]],
+         part: int) -> list[list[tuple[int, memoryview]]]:
+    """Cut the span [start, end) into similar pieces of at most ``part`` bytes, segments sliced."""
+    count = max(1, math.ceil((end - start) / part))
+    step = math.ceil((end - start) / count)
+    pieces: list[list[tuple[int, memoryview]]] = []
+    for lo in range(start, end, step):
+        hi = min(lo + step, end)
+        piece = [(max(off, lo), view[max(off, lo) - off:min(off + len(view), hi) - off])
+                 for off, view in segs if off < hi and off + len(view) > lo]
+        if piece:
+            pieces.append(piece)
+    return pieces
+
+
+def _frombuffer(data: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A 1-D ``dtype`` tensor over ``data``'s bytes, without a copy."""
+    view = memoryview(data).cast("B")
+    if not len(view):
+        return torch.empty(0, dtype=dtype)
+    return torch.frombuffer(view, dtype=torch.uint8).view(dtype)
+
+
+def _copy_into(target: torch.Tensor, src: torch.Tensor, req: ReadItem) -> None:
+    if tuple(target.shape) != tuple(src.shape):
+        raise ValueError(f"{req.storage_index.fqn}: destination has size {tuple(target.shape)} "
+                         f"but the checkpoint holds {tuple(src.shape)}")
+    target.copy_(src)
+
+
+# ---------------------------------------------------------------------------- S3 connector names
+
+
+_TORCH_WRITER_OPTIONS = {"single_file_per_rank", "sync_files", "per_thread_copy_ahead",
+                         "cache_staged_state_dict", "serialization_format", "_extensions"}
+
+
+class S3StorageWriter(StorageWriter):
+    """The S3 connector's ``S3StorageWriter(region, path, ...)`` over ``StorageWriter``.
+
+    torch FileSystemWriter options in ``kwargs`` that do not apply here are accepted and
+    ignored (single_file_per_rank, sync_files, per_thread_copy_ahead, ...).
+    """
+
+    def __init__(self, region: str, path: str | os.PathLike[str], s3client_config: Any = None,
+                 prefix_strategy: PrefixStrategy | None = None, thread_count: int = 1,
+                 **kwargs: Any) -> None:
+        config = kwargs.pop("config", None)
+        unknown = set(kwargs) - _TORCH_WRITER_OPTIONS - {"overwrite"}
+        if unknown:
+            raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+        super().__init__(path, compat_config(region, None, s3client_config, config),
+                         thread_count=thread_count, prefix_strategy=prefix_strategy,
+                         overwrite=kwargs.get("overwrite", True))
+        self.region = region
+
+
+class S3StorageReader(StorageReader):
+    """The S3 connector's ``S3StorageReader(region, path, ...)`` over ``StorageReader``."""
+
+    def __init__(self, region: str, path: str | os.PathLike[str], s3client_config: Any = None,
+                 reader_constructor: ReaderConstructor | None = None, *,
+                 config: ClientConfig | None = None) -> None:
+        super().__init__(path, compat_config(region, None, s3client_config, config),
+                         reader_constructor)
+        self.region = region
