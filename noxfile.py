@@ -1,4 +1,4 @@
-"""Sessions: tests, lint, types, quickstart, docs (and bench as it arrives)."""
+"""Sessions: tests, lint, types, quickstart, docs, bench (not run by default)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,23 @@ def quickstart(session: nox.Session) -> None:
     """The README's first command."""
     session.install(*INSTALL, ".[torch]")
     session.run("python", "examples/quickstart.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """aisio against its peers: `nox -s bench` (quick, ~2 min) or `nox -s bench -- --full`.
+
+    Results go to docs/benchmarks/ (full) or docs/benchmarks/quick/. Needs nginx (Debian's
+    package), installed here if missing.
+    """
+    import shutil
+
+    if not (shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")):
+        session.log("nginx is missing: trying apt-get install -y nginx")
+        try:
+            session.run("apt-get", "install", "-y", "nginx", external=True)
+        except Exception:
+            session.error("could not install nginx; run `apt-get install -y nginx` (as root) "
+                          "and try again")
+    session.install(*INSTALL, ".[bench]")
+    session.run("python", "-m", "tests.benchmarks.run", *(session.posargs or ["--quick"]))

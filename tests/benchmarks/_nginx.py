@@ -34,7 +34,8 @@ daemon off;
 master_process on;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
+worker_rlimit_nofile {rlimit};
 http {{
     access_log off;
     sendfile on;
@@ -81,8 +82,13 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], deadline: float) -
 
 
 @contextmanager
-def serve(root: str | os.PathLike[str], *, workers: int = 1) -> Iterator[str]:
-    """Serve ``root`` over HTTP on 127.0.0.1; yields the base URL (no trailing slash)."""
+def serve(
+    root: str | os.PathLike[str], *, workers: int = 1, connections: int = 1024
+) -> Iterator[str]:
+    """Serve ``root`` over HTTP on 127.0.0.1; yields the base URL (no trailing slash).
+
+    ``connections``: open connections each worker accepts (1,000-way benchmarks need more).
+    """
     binary = find_nginx()
     if binary is None:
         raise RuntimeError("nginx is not installed (apt-get install -y nginx)")
@@ -93,7 +99,8 @@ def serve(root: str | os.PathLike[str], *, workers: int = 1) -> Iterator[str]:
         for attempt in range(5):  # a free port can be taken between probing and binding
             port = _free_port()
             conf = Path(tmp, "nginx.conf")
-            conf.write_text(_CONFIG.format(user=user, workers=workers, tmp=tmp, port=port, root=root))
+            conf.write_text(_CONFIG.format(user=user, workers=workers, tmp=tmp, port=port, root=root,
+                               connections=connections, rlimit=2 * connections + 64))
             log = Path(tmp, "error.log")
             proc = subprocess.Popen(
                 [binary, "-p", tmp, "-c", str(conf), "-e", str(log)],

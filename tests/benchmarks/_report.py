@@ -1,0 +1,246 @@
+"""Medians, ratios against the targets of the issue, the markdown table and the chart."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+# Targets: (scenario, aisio peer, what it is compared with, goal, description).
+# ``vs`` names one peer, or several whose best run of the round counts.
+TARGETS: list[dict[str, Any]] = [
+    {"scenario": "1", "peer": "aisio async", "vs": ["http.client readinto"], "goal": 0.8,
+     "text": "aisio async >= 0.8x http.client readinto"},
+    {"scenario": "1", "peer": "aisio async", "vs": ["obstore stream", "obstore 16 ranges"],
+     "goal": 1.5, "text": "aisio async >= 1.5x obstore (best variant)"},
+    {"scenario": "1", "peer": "aisio sync", "vs": ["http.client readinto"], "goal": 0.8,
+     "text": "aisio sync >= 0.8x http.client readinto"},
+    {"scenario": "1", "peer": "aisio sync", "vs": ["obstore stream", "obstore 16 ranges"],
+     "goal": 1.5, "text": "aisio sync >= 1.5x obstore (best variant)"},
+    {"scenario": "2", "peer": "aisio StorageReader (default)",
+     "vs": ["s3torchconnector dcp_optimized"], "goal": 2.0,
+     "text": "aisio StorageReader >= 2x s3torchconnector dcp_optimized"},
+    {"scenario": "2", "peer": "aisio StorageReader (default)",
+     "vs": ["torch FileSystemReader (local disk)"], "goal": 0.8,
+     "text": "aisio StorageReader within 1.25x of FileSystemReader (>= 0.8x its speed)"},
+    {"scenario": "2", "peer": "aisio StorageReader (default)", "metric": "mem_above_share",
+     "goal": 0.25, "lower": True,
+     "text": "aisio StorageReader: peak memory above the state dict < 25% of the checkpoint"},
+    {"scenario": "3", "peer": "aisio MapDataset", "vs": "peers", "goal": 2.0,
+     "text": "aisio MapDataset >= 2x the best peer"},
+    {"scenario": "3", "peer": "aisio IterableDataset", "vs": "peers", "goal": 2.0,
+     "text": "aisio IterableDataset >= 2x the best peer"},
+    {"scenario": "4", "peer": "aisio ShardReader (s3)", "vs": "peers", "goal": 2.0,
+     "text": "aisio ShardReader >= 2x the best peer"},
+    {"scenario": "4", "peer": "aisio ShardReader (ais)", "vs": ["aistore AISShardReader"],
+     "goal": 2.0, "text": "aisio ShardReader on ais:// >= 2x aistore's AISShardReader"},
+    {"scenario": "5", "peer": "aisio async", "vs": ["link reference (raw sockets)"], "goal": 0.9,
+     "text": "aisio async >= 90% of what the link allows (raw-socket reference)"},
+    {"scenario": "5", "peer": "aisio async", "vs": ["obstore async", "aiobotocore"], "goal": 1.0,
+     "text": "aisio async at least as fast as obstore and aiobotocore"},
+]
+
+
+def speed(unit: str, run: dict[str, Any]) -> float:
+    """GB/s (1e9 bytes per second) or items per second of one run."""
+    if unit == "items/s":
+        return float(run["items"]) / run["wall"]
+    return float(run["bytes"]) / run["wall"] / 1e9
+
+
+def brief(unit: str, run: dict[str, Any]) -> str:
+    text = f"{speed(unit, run):8.2f} {unit:<7} wall {run['wall']:6.2f}s cpu {run['cpu']:6.2f}s " \
+           f"rss {run['peak_rss_mib']:6.0f} MiB"
+    if "p50_ms" in run:
+        text += f"  p50 {run['p50_ms']:.0f} ms p99 {run['p99_ms']:.0f} ms"
+    if "mem_above_share" in run:
+        text += f"  above sd {run['mem_above_mib']:.0f} MiB ({run['mem_above_share']:.0%})"
+    return text
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(results: dict[str, Any]) -> None:
+    """Add per-peer medians and the target verdicts to ``results`` (in place)."""
+    for sc in results["scenarios"].values():
+        unit = sc["unit"]
+        summary = {}
+        for label, runs in sc["runs"].items():
+            if not runs:
+                continue
+            speeds = [speed(unit, r) for r in runs]
+            row = {"speed": _median(speeds), "speed_min": min(speeds), "speed_max": max(speeds),
+                   "runs": len(runs), "kind": sc["kinds"][label]}
+            for key in ("wall", "cpu", "peak_rss_mib", "tree_rss_mib", "p50_ms", "p99_ms",
+                        "mem_above_mib", "mem_above_share", "bytes", "items"):
+                if key in runs[0]:
+                    row[key] = _median([float(r[key]) for r in runs])
+            if unit == "items/s":
+                row["mb_per_s"] = _median([r["bytes"] / r["wall"] / 1e6 for r in runs])
+            summary[label] = row
+        sc["summary"] = summary
+    results["targets"] = [_verdict(t, results) for t in TARGETS if t["scenario"] in results["scenarios"]]
+
+
+def _verdict(target: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    sc = results["scenarios"][target["scenario"]]
+    out = {k: target[k] for k in ("scenario", "text", "goal")}
+    peer = target["peer"]
+    runs = sc["runs"].get(peer) or []
+    if not runs:
+        out.update(status="pending" if peer in sc["pending"] else "not run",
+                   why=sc["pending"].get(peer) or sc["errors"].get(peer, "")[:300])
+        return out
+    if "metric" in target:
+        value = _median([float(r[target["metric"]]) for r in runs])
+        out.update(value=value, status="met" if value < target["goal"] else "not met")
+        return out
+    if target["vs"] == "peers":
+        others = [n for n, k in sc["kinds"].items() if k == "peer" and sc["runs"].get(n)]
+    else:
+        others = [n for n in target["vs"] if sc["runs"].get(n)]
+    if not others:
+        out.update(status="not run", why="no comparison peer ran")
+        return out
+    ratios = []
+    for r in runs:
+        rivals = [speed(sc["unit"], o) for n in others for o in sc["runs"][n] if o["round"] == r["round"]]
+        if rivals:
+            ratios.append(speed(sc["unit"], r) / max(rivals))
+    value = _median(ratios)
+    out.update(value=value, against=others, status="met" if value >= target["goal"] else "not met")
+    return out
+
+
+# --- markdown ----------------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    link = results["slow_link"]
+    lines = [
+        f"# Benchmarks ({results['mode']} mode)",
+        "",
+        f"Run {results['date']} on {m['cpus']} cores ({m['platform']}), Python {m['python']}; "
+        f"load average {m['load_average_start'][0]:.1f} at the start and "
+        f"{m.get('load_average_end', [float('nan')])[0]:.1f} at the end (the machine is shared: "
+        "figures are medians of alternating runs, still noisy). Generated by "
+        "`python -m tests.benchmarks.run --" + results["mode"] + "`; nothing here is asserted.",
+        "",
+        f"Slow link: {link['ttfb_s'] * 1e3:.0f} ms to first byte per request, "
+        f"{link['rate_bytes_per_s'] / 1e6:.0f} MB/s per connection. " + _proxy_note(link),
+        "",
+        "Columns: speed is the median over runs (min-max in brackets); GB/s is 1e9 bytes/s. "
+        "Wall and CPU (user+system, the client's threads and the workers it waited for, not "
+        "the servers') are medians of the timed section; peak RSS is the client process's "
+        "high-water mark over its life (imports included); for DataLoader scenarios 'tree' "
+        "is the peak of the summed RSS of the process and its workers.",
+        "",
+        "## Targets",
+        "",
+        "| scenario | target | measured | status |",
+        "|---|---|---|---|",
+    ]
+    for t in results["targets"]:
+        if "value" in t:
+            value = f"{t['value']:.0%}" if "share" in t["text"] or "memory" in t["text"] \
+                else f"{t['value']:.2f}x"
+        else:
+            value = "-"
+        status = {"met": "met", "not met": "**not met**"}.get(t["status"], t["status"])
+        why = f" ({t['why']})" if t.get("why") else ""
+        lines.append(f"| {t['scenario']} | {t['text']} | {value} | {status}{why} |")
+    for key in sorted(results["scenarios"]):
+        sc = results["scenarios"][key]
+        lines += ["", f"## {key}. {sc['title']}", "", sc["description"], ""]
+        lines += _table(sc)
+        for label, why in sc["pending"].items():
+            lines.append(f"- {label}: pending: {why}")
+        for label, err in sc["errors"].items():
+            first = err.strip().splitlines()[-1] if err.strip() else "failed"
+            lines.append(f"- {label}: failed: `{first[:200]}`")
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def _proxy_note(link: dict[str, Any]) -> str:
+    stats = [s for s in link.get("proxy_stats", {}).values() if s and s.get("cpu")]
+    if not stats:
+        return ""
+    moved = sum(s["bytes"] for s in stats)
+    cpu = sum(s["cpu"] for s in stats)
+    return (f"The proxy moved {moved / 1e9:.1f} GB using {cpu:.1f} CPU seconds "
+            f"({moved / cpu / 1e9:.1f} GB per CPU second, splice: the bytes never enter Python).")
+
+
+def _table(sc: dict[str, Any]) -> list[str]:
+    unit = sc["unit"]
+    summary = sc["summary"]
+    extra = []
+    if any("p50_ms" in r for r in summary.values()):
+        extra = ["p50 ms", "p99 ms"]
+    if any("mem_above_share" in r for r in summary.values()):
+        extra = ["memory above state dict"]
+    if unit == "items/s":
+        extra = ["MB/s", "tree RSS MiB"]
+    head = ["peer", "kind", unit, "wall s", "CPU s", "peak RSS MiB", *extra]
+    best_peer = max((r["speed"] for r in summary.values() if r["kind"] == "peer"), default=0.0)
+    head.append("vs best peer")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in summary.items():
+        fmt = "{:.2f}" if unit == "GB/s" else "{:.0f}"
+        cells = [f"**{label}**" if r["kind"] == "aisio" else label, r["kind"],
+                 f"{fmt.format(r['speed'])} ({fmt.format(r['speed_min'])}-{fmt.format(r['speed_max'])})",
+                 f"{r['wall']:.2f}", f"{r['cpu']:.2f}", f"{r['peak_rss_mib']:.0f}"]
+        if extra == ["p50 ms", "p99 ms"]:
+            cells += [f"{r.get('p50_ms', float('nan')):.0f}", f"{r.get('p99_ms', float('nan')):.0f}"]
+        elif extra == ["memory above state dict"]:
+            cells.append(f"{r.get('mem_above_mib', 0):.0f} MiB ({r.get('mem_above_share', 0):.0%})")
+        elif extra:
+            cells += [f"{r.get('mb_per_s', 0):.0f}", f"{r.get('tree_rss_mib', 0):.0f}"]
+        cells.append(f"{r['speed'] / best_peer:.2f}x" if best_peer else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+# --- chart ---------------------------------------------------------------------------------------------
+
+
+def chart(results: dict[str, Any], path: Path) -> Path | None:
+    """One panel per scenario: median speed per peer, aisio highlighted; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    scenarios = [results["scenarios"][k] for k in sorted(results["scenarios"])
+                 if results["scenarios"][k]["summary"]]
+    if not scenarios:
+        return None
+    heights = [max(2.0, 0.32 * len(sc["summary"]) + 1.0) for sc in scenarios]
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(9, sum(heights)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    colors = {"aisio": "#1f77b4", "peer": "#ff7f0e", "reference": "#8c8c8c"}
+    for ax, sc in zip(axes[:, 0], scenarios, strict=True):
+        items = list(sc["summary"].items())[::-1]
+        labels = [label for label, _ in items]
+        values = [r["speed"] for _, r in items]
+        errs = [[r["speed"] - r["speed_min"] for _, r in items],
+                [r["speed_max"] - r["speed"] for _, r in items]]
+        ax.barh(labels, values, xerr=errs, color=[colors[r["kind"]] for _, r in items],
+                error_kw={"elinewidth": 0.8, "capsize": 2})
+        for y, v in enumerate(values):
+            ax.text(v, y, f" {v:.2f}" if sc["unit"] == "GB/s" else f" {v:.0f}", va="center",
+                    fontsize=7)
+        ax.set_title(f"{sc['key']}. {sc['title']}", fontsize=9, loc="left")
+        ax.set_xlabel(sc["unit"] + " (median; bars: min-max)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"aisio benchmarks ({results['mode']} mode, {results['date']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
