@@ -111,6 +111,10 @@ def test_s3_iterable_dataset(store: Store) -> None:
     readers = list(S3IterableDataset.from_prefix(store.url("d/"), region=REGION,
                                                   config=store.config))
     assert [(r.key, r.read()) for r in readers] == sorted(data.items())
+    crossed = tud.DataLoader(S3IterableDataset.from_prefix(store.url("d/"), region=REGION,
+                                                           config=store.config),
+                             batch_size=None, num_workers=2, multiprocessing_context="fork")
+    assert sorted((r.key, r.read()) for r in crossed) == sorted(2 * list(data.items()))
 
     def run(sharded: bool) -> collections.Counter[str]:
         ds = S3IterableDataset.from_prefix(store.url("d/"), region=REGION, config=store.config,

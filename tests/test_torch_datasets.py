@@ -14,6 +14,7 @@ import torch.utils.data as tud
 
 import aisio
 from aisio.torch import DynamicBatchSampler, IterableDataset, MapDataset, ObjectReader
+from aisio.torch._datasets import Shard
 from tests.conftest import Store, make_store
 
 # 4 workers on a 2-core machine: torch's advice, not a failure
@@ -323,3 +324,25 @@ def test_dynamic_batch_sampler_packs_by_size(request: pytest.FixtureRequest,
                         multiprocessing_context="fork", collate_fn=list)
     assert [[len(b) for _, b in batch] for batch in dl] == [[30, 50, 20], [40, 60], [100],
                                                            [10]]
+
+
+def test_rank_from_torch_distributed_is_pinned_for_spawned_workers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed as dist
+
+    from aisio.torch import MultiShardStream, ShardReader
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    config = aisio.ClientConfig()
+    for ds in (IterableDataset.from_prefix("s3://bucket/", config=config),
+               ShardReader("s3://bucket/", config=config),
+               MultiShardStream(["s3://a/", "s3://b/"], config=config)):
+        assert ds.rank is None
+        copy = pickle.loads(pickle.dumps(ds))  # what a spawned worker receives
+        assert (copy.rank, copy.world_size) == (1, 2)
+    ds = IterableDataset.from_prefix("s3://bucket/", config=config)
+    assert ds._plan()[1] == Shard(1, 2, 0, 1)
+    unsharded = IterableDataset.from_prefix("s3://bucket/", config=config, shard_by_rank=False)
+    assert pickle.loads(pickle.dumps(unsharded)).rank is None

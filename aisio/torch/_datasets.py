@@ -327,10 +327,27 @@ async def select(infos: AsyncGenerator[T], shard: Shard, shuffle: bool, seed: in
 
 
 class _Epochs:
-    """``set_epoch`` plus a count of passes, so each pass of a persistent worker differs."""
+    """``set_epoch`` plus a count of passes, so each pass of a persistent worker differs.
+
+    Pickling (how spawned DataLoader workers get the dataset) also pins the rank and world
+    size of an initialized ``torch.distributed``, which a spawned worker does not have.
+    """
 
     _epoch = 0
     _passes = 0
+    shard_by_rank = False
+    rank: int | None = None
+    world_size: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.shard_by_rank and (self.rank is None or self.world_size is None):
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                state["rank"], state["world_size"] = rank_and_world_size(self.rank,
+                                                                         self.world_size)
+        return state
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (shuffle order is a function of seed and epoch).
