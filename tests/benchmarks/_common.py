@@ -72,7 +72,8 @@ def write_shards(folder: Path, count: int, shard_size: int, sample_size: int) ->
     payload = os.urandom(sample_size)
     for s, name in enumerate(names):
         path = folder / name
-        stamp = folder / f".{name}.{shard_size}.{sample_size}"
+        # outside the bucket's folder: an AIS listing would take it for an object
+        stamp = folder.parent.parent / ".stamps" / f"{folder.name}-{name}-{shard_size}-{sample_size}"
         if path.exists() and stamp.exists():
             continue
         tmp = path.with_suffix(".tmp")
@@ -85,6 +86,7 @@ def write_shards(folder: Path, count: int, shard_size: int, sample_size: int) ->
                     info.mtime = 0
                     tar.addfile(info, __import__("io").BytesIO(data))
         os.replace(tmp, path)
+        stamp.parent.mkdir(exist_ok=True)
         stamp.touch()
     return names
 

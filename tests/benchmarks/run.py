@@ -1,6 +1,6 @@
 """aisio against the tools users would pick instead: one run, one machine, peers alternating.
 
-    python -m tests.benchmarks.run --quick          # about two minutes, small sizes
+    python -m tests.benchmarks.run --quick          # a few minutes: small sizes, main peers
     python -m tests.benchmarks.run --full           # the sizes of the issue (long)
     python -m tests.benchmarks.run --quick --scenarios 1,5 --rounds 5 --only aisio
 
@@ -67,10 +67,10 @@ class Sizes:
 
 
 MODES = {
-    "quick": Sizes(rounds=3, object_size=256 * MiB, checkpoint_size=256 * MiB, small_count=400,
+    "quick": Sizes(rounds=2, object_size=256 * MiB, checkpoint_size=256 * MiB, small_count=300,
                    small_size=100_000, shard_count=8, shard_size=16 * MiB, sample_size=100_000,
                    service_object=256 * MiB, service_count=1000, service_range=MiB),
-    "full": Sizes(rounds=5, object_size=GiB, checkpoint_size=GiB, small_count=10_000,
+    "full": Sizes(rounds=3, object_size=GiB, checkpoint_size=GiB, small_count=10_000,
                   small_size=100_000, shard_count=64, shard_size=16 * MiB, sample_size=100_000,
                   service_object=GiB, service_count=1000, service_range=MiB),
 }
@@ -251,9 +251,12 @@ def order(names: list[str], rnd: int) -> list[str]:
     return rotated[::-1] if rnd % 2 else rotated
 
 
-def run_scenario(sc: Scenario, ctx: Context, only: str, rounds: int) -> dict[str, Any]:
+def run_scenario(sc: Scenario, ctx: Context, only: str, rounds: int, all_peers: bool
+                 ) -> dict[str, Any]:
     module = importlib.import_module(f"tests.benchmarks.{sc.module}")
     peers: dict[str, tuple[str, str]] = module.PEERS
+    if ctx.mode == "quick" and not all_peers:
+        peers = {k: v for k, v in peers.items() if k in module.QUICK}
     pending = sc.pending()
     skipped = {}
     names = []
@@ -314,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=0, help="runs per peer (default: by mode)")
     parser.add_argument("--only", default="", help="run peers whose label contains this "
                                                    "(references always run)")
+    parser.add_argument("--all-peers", action="store_true",
+                        help="--quick runs a subset of the peers; this runs them all")
     parser.add_argument("--ttfb", type=float, default=0.02, help="slow link: seconds per request")
     parser.add_argument("--rate", type=float, default=100e6,
                         help="slow link: bytes/s per connection")
@@ -346,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in sorted(which):
             sc = SCENARIOS[key]
             rounds = args.rounds or sc.rounds(sizes)
-            results["scenarios"][key] = run_scenario(sc, ctx, args.only, rounds)
+            results["scenarios"][key] = run_scenario(sc, ctx, args.only, rounds, args.all_peers)
     results["slow_link"]["proxy_stats"] = link_stats
     results["machine"]["load_average_end"] = os.getloadavg()
     results["seconds"] = time.monotonic() - started

@@ -287,3 +287,7 @@ PEERS: dict[str, tuple[str, str]] = {
     "http.client readinto": ("http_client_readinto", "reference"),
     "curl -o /dev/null": ("curl_devnull", "reference"),
 }
+
+# the peers of --quick: one run of each tool that matters for the targets
+QUICK = ["aisio async", "aisio sync", "boto3 download_fileobj", "obstore stream",
+         "s3torchconnector range_based", "http.client readinto"]

@@ -115,6 +115,9 @@ PEERS: dict[str, tuple[str, str]] = {
     "torch FileSystemReader (local disk)": ("torch_filesystem", "reference"),
 }
 
+QUICK = ["aisio StorageReader (default)", "s3torchconnector dcp_optimized",
+         "torch FileSystemReader (local disk)"]
+
 
 def prepare(p: Params, section: Section) -> dict[str, Any]:
     """Set-up, run once in a subprocess of its own: write the checkpoint if it is missing."""

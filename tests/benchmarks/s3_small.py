@@ -114,3 +114,6 @@ PEERS: dict[str, tuple[str, str]] = {
     "s3torchconnector S3IterableDataset": ("s3torch_iterable", "peer"),
     "boto3 loop (map-style)": ("boto3_loop", "peer"),
 }
+
+QUICK = ["aisio MapDataset", "aisio IterableDataset", "s3torchconnector S3IterableDataset",
+         "boto3 loop (map-style)"]

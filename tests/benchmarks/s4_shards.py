@@ -153,3 +153,6 @@ PEERS: dict[str, tuple[str, str]] = {
     "s3torchconnector + tarfile": ("s3torch_tarfile", "peer"),
     "aistore AISShardReader": ("aistore_shard_reader", "peer"),
 }
+
+QUICK = ["aisio ShardReader (s3)", "aisio ShardReader (ais)", "webdataset + boto3 streams",
+         "s3torchconnector + tarfile", "aistore AISShardReader"]

@@ -186,3 +186,5 @@ PEERS: dict[str, tuple[str, str]] = {
     "aiobotocore": ("aiobotocore_async", "peer"),
     "link reference (raw sockets)": ("link_reference", "reference"),
 }
+
+QUICK = ["aisio async", "obstore async", "aiobotocore", "link reference (raw sockets)"]
