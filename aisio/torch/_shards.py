@@ -49,7 +49,9 @@ from ._tar import Member, Sample, aiter_members, aiter_samples
 __all__ = ["MultiShardStream", "ShardReader"]
 
 _CHUNK = 2**20  # bytes per read of a shard; tar headers are served from it
-_QUEUE = 32  # items a shard may read ahead of the consumer
+_QUEUE = 8  # items a shard may parse ahead of the consumer (per shard in flight)
+_HANDOFF = 16  # items waiting for the sync iterator
+_LOOKAHEAD_BYTES = 16 * 2**20  # the first-samples look-ahead stops at this many bytes too
 
 
 class _Buffered:
@@ -213,7 +215,7 @@ class _ShardSet(_Epochs):
                 stream.close()
 
     def _pipe(self, aclient: AsyncClient, infos: AsyncGenerator[ObjectInfo]) -> Pipe[Any]:
-        return Pipe(partial(self._produce, aclient, infos), _QUEUE)
+        return Pipe(partial(self._produce, aclient, infos), _HANDOFF)
 
 
 def _sample_bytes(sample: Sample) -> int:
@@ -233,8 +235,8 @@ class ShardReader(_ShardSet, torch.utils.data.IterableDataset[Sample]):
     A truncated or corrupt shard raises ``ShardFormatError`` naming it and the offset.
 
     Every sample is a ``ZeroDict`` holding each extension seen so far (``b""`` where it
-    lacks one), and the first 64 samples are read before the first is yielded, so the
-    default collate sees every extension that occurs early in the stream.
+    lacks one), and the first 64 samples (at most 16 MiB) are read before the first is
+    yielded, so the default collate sees every extension that occurs early in the stream.
     """
 
     _lookahead = 64  # samples held before the first is yielded, to learn the extensions
@@ -261,11 +263,13 @@ class ShardReader(_ShardSet, torch.utils.data.IterableDataset[Sample]):
             yield from samples
             return
         held: list[Sample] = []
+        size = 0
         error: Exception | None = None
         try:
             for sample in samples:
                 held.append(sample)
-                if len(held) >= self._lookahead:
+                size += _sample_bytes(sample)
+                if len(held) >= self._lookahead or size >= _LOOKAHEAD_BYTES:
                     break
         except Exception as exc:  # raised after the samples before it
             error = exc
