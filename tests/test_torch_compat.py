@@ -163,6 +163,18 @@ def test_s3_client_config_and_reader_constructor() -> None:
     assert rc.sequential() == aisio.ReaderConstructor.sequential()
 
 
+def test_public_names() -> None:
+    import aisio.torch
+
+    for module in (aisio.torch, compat):
+        assert module.__all__ == sorted(module.__all__)
+        for name in module.__all__:
+            if name in ("Checkpoint", *compat._LAZY):
+                continue  # other modules', checked below when they are there
+            assert getattr(module, name) is not None
+    assert compat.DynamicBatchSampler is aisio.torch.DynamicBatchSampler
+
+
 def test_lazy_names_from_other_modules() -> None:
     assert compat.S3ReaderConstructor.default() == aisio.ReaderConstructor.default()
     with pytest.raises(AttributeError):

@@ -213,10 +213,31 @@ def test_spawned_workers(request: pytest.FixtureRequest, context: str) -> None:
     ds = IterableDataset.from_prefix(store.url("d/"), key_and_length, store.config)
     got = sorted(tuple(item) for item in loader(ds, 2, context))
     assert got == sorted((aisio._url.parse_url(u).key, len(b)) for u, b in data.items())
-    mds = MapDataset.from_prefix(store.url("d/"), config=store.config)
-    urls = [url for batch in loader(mds, 2, context, batch_size=4, collate_fn=list)
-            for url, _ in batch]
-    assert sorted(urls) == sorted(data)
+    if context == "spawn":
+        mds = MapDataset.from_prefix(store.url("d/"), config=store.config)
+        urls = [url for batch in loader(mds, 2, context, batch_size=4, collate_fn=list)
+                for url, _ in batch]
+        assert sorted(urls) == sorted(data)
+        return
+    from aisio.torch import ShardReader
+
+    with aisio.Client(store.config) as client:
+        for s in range(3):
+            client.put(store.url(f"shards/{s}.tar"), tar_of([(f"k{s}.txt", b"t"), (f"k{s}.x", b"")]))
+    reader = ShardReader(store.url("shards/"), config=store.config)
+    assert sorted(key for key, _ in loader(reader, 2, context)) == ["k0", "k1", "k2"]
+
+
+def tar_of(members: list[tuple[str, bytes]]) -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def test_dataset_pickles_without_live_state(store: Store) -> None:
