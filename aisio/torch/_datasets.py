@@ -77,7 +77,6 @@ Transform = Callable[["ObjectReader"], Any]
 Entry = tuple[str, bool]
 """What a dataset reads: ``(url, True)`` lists a prefix, ``(url, False)`` names one object."""
 
-MiB = 2**20
 _BATCH = 64  # items handed from the loop thread to the sync iterator per wake-up
 
 
@@ -625,9 +624,15 @@ class MapDataset(_ObjectSet, torch.utils.data.Dataset[Any]):
 class IterableDataset(_ObjectSet, _Epochs, torch.utils.data.IterableDataset[Any]):
     """Objects streamed in listing order with ``prefetch`` in flight, sharded by rank and worker.
 
-    The listing is paged lazily, again each pass. With ``shuffle`` each pass lists
-    everything first and permutes it by ``(seed, epoch)`` (see ``set_epoch``). ``rank`` and
-    ``world_size`` default to ``torch.distributed``'s, read when iteration starts.
+    ``prefixes`` are listed (raw string prefixes, recursively), lazily and again each pass;
+    ``urls`` name objects. Items are ``(url, bytes)``, or ``transform(reader)``.
+    ``shard_by_rank`` / ``shard_by_worker``: keep only this rank's / DataLoader worker's
+    share (each object is then read once per epoch across all of them). ``shuffle``: each
+    pass lists everything first and permutes it by ``(seed, epoch)`` (see ``set_epoch``).
+    ``rank`` and ``world_size`` default to ``torch.distributed``'s, read when a pass
+    starts. ``reader_constructor``: the transform gets a lazy reader of that kind instead
+    of prefetched bytes. ``etl_name``: read each object through that AIS ETL (ais:// only).
+    ``show_progress``: a tqdm bar of objects and bytes on stderr.
     """
 
     def __init__(self, prefixes: str | Iterable[str] = (), urls: str | Iterable[str] = (), *,
@@ -648,16 +653,20 @@ class IterableDataset(_ObjectSet, _Epochs, torch.utils.data.IterableDataset[Any]
 
     @classmethod
     def from_prefix(cls, url: str | Iterable[str], transform: Transform | None = None,
-                    config: ClientConfig | None = None, *, shard_by_rank: bool = True,
+                    config: ClientConfig | None = None, shard_by_rank: bool = True,
                     shard_by_worker: bool = True, shuffle: bool = False, seed: int = 0,
                     **options: Any) -> IterableDataset:
-        """Every object under ``url`` (one prefix or several), listed page by page."""
+        """Every object under ``url`` (one prefix or several), listed page by page.
+
+        ``options``: ``reader_constructor``, ``prefetch`` (objects in flight, 16),
+        ``rank``, ``world_size``, ``show_progress``, ``etl_name`` (see the class).
+        """
         return cls(url, transform=transform, config=config, shard_by_rank=shard_by_rank,
                    shard_by_worker=shard_by_worker, shuffle=shuffle, seed=seed, **options)
 
     @classmethod
     def from_urls(cls, urls: str | Iterable[str], transform: Transform | None = None,
-                  config: ClientConfig | None = None, *, shard_by_rank: bool = True,
+                  config: ClientConfig | None = None, shard_by_rank: bool = True,
                   shard_by_worker: bool = True, shuffle: bool = False, seed: int = 0,
                   **options: Any) -> IterableDataset:
         """The objects named by ``urls``, in that order."""
