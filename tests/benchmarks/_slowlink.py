@@ -50,7 +50,8 @@ _F_SETPIPE_SZ = 1031
 _PIPE = 1 << 20  # pipe capacity per connection: bytes in flight between the two splices
 _SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _BURST = 64 * 1024  # bytes a response may send at once before pacing starts
-_WAKE = 32 * 1024  # a paced connection waits until it may send at least this much
+_WAKE_SECONDS = 0.002  # a paced connection waits until it may send this long's worth
+_MIN_WAKE = 64 * 1024  # ... and at least this much (each wake costs a few syscalls)
 _CATCH_UP = 4 << 20  # most bytes a response may run ahead after a stall (a socket buffer)
 
 
@@ -59,7 +60,7 @@ class _Link:
 
     __slots__ = (
         "client", "closed", "in_pipe", "loop", "moved", "owner", "pipe_r", "pipe_w", "rate",
-        "reading", "t0", "ttfb", "up", "up_out", "waiting_timer", "writing",
+        "reading", "t0", "ttfb", "up", "up_out", "waiting_timer", "wake", "writing",
     )
 
     def __init__(self, owner: _Proxy, client: socket.socket, up: socket.socket) -> None:
@@ -67,6 +68,7 @@ class _Link:
         self.loop = owner.loop
         self.client, self.up = client, up
         self.rate, self.ttfb = owner.rate, owner.ttfb
+        self.wake = max(_MIN_WAKE, self.rate * _WAKE_SECONDS)
         self.t0 = time.perf_counter()  # when the current response started (request sent)
         self.moved = 0  # response bytes moved since t0
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -180,10 +182,10 @@ class _Link:
                 if allowed > _CATCH_UP:
                     self.t0 += (allowed - _CATCH_UP) / self.rate
                     allowed = _CATCH_UP
-                if allowed < _WAKE:
+                if allowed < self.wake:
                     self._want_upstream(False)
                     if self.waiting_timer is None:
-                        delay = (_WAKE - allowed) / self.rate
+                        delay = (self.wake - allowed) / self.rate
                         self.waiting_timer = self.loop.call_later(delay, self._resume)
                     return
                 want = min(_PIPE, int(allowed))
