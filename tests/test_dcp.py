@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.state_dict_loader import load
-from torch.distributed.checkpoint.state_dict_saver import save
+from torch.distributed.checkpoint.state_dict_saver import async_save, save
 from torch.multiprocessing.spawn import spawn
 
 import aisio
@@ -197,6 +197,23 @@ def test_readers_and_writers_pickle(store: Store) -> None:
     assert copy.reader_constructor == reader.reader_constructor and copy.config == store.config
     out = blank()
     load(out, storage_reader=copy)
+    assert_same(state(), out)
+
+
+def test_rank_local_metadata(store: Store) -> None:
+    url = store.url("local")
+    save(state(), storage_writer=StorageWriter(url, store.config), use_collectives=False)
+    assert names(store, "local/") == ["__0.metadata", "__0_0.distcp"]
+    out = blank()
+    load(out, storage_reader=StorageReader(url, store.config))  # falls back to __0.metadata
+    assert_same(state(), out)
+
+
+def test_async_save(store: Store) -> None:
+    url = store.url("async")
+    async_save(state(), storage_writer=StorageWriter(url, store.config)).result()
+    out = blank()
+    load(out, storage_reader=StorageReader(url, store.config))
     assert_same(state(), out)
 
 

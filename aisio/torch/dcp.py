@@ -615,12 +615,13 @@ class StorageReader(_storage.StorageReader):
         chunk = self._chunks.get((req.storage_index.fqn, tuple(req.storage_index.offset or ())))
         if chunk is None and req.storage_index.offset is None:
             chunk = self._chunks.get((req.storage_index.fqn, ()))
+        if chunk is not None:
+            stored.dtype, stored.shape = chunk
         predicted = layout.predict_layout(*chunk) if chunk is not None else None
-        if (chunk is None or predicted is None or predicted[1] != info.length
-                or getattr(info, "transform_descriptors", None) or len(stored.reads) > 1):
+        if (predicted is None or predicted[1] != info.length or len(stored.reads) > 1
+                or getattr(info, "transform_descriptors", None) or stored.dtype is None):
             stored.data = bytearray(info.length)
             return
-        stored.dtype, stored.shape = chunk
         stored.data_start = predicted[0]
         a, b, exact = layout.box_run(stored.shape, req.storage_offsets, req.lengths)
         stored.run = (a, b)
