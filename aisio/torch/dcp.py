@@ -49,6 +49,7 @@ from torch.futures import Future
 from .. import _bridge
 from .._buffers import writable_view
 from .._config import ClientConfig
+from .._engine import _first_error
 from .._planner import coalesce
 from .._readers import ReaderConstructor
 from .._url import parse_url
@@ -104,16 +105,6 @@ def _done(value: Any) -> Future[Any]:
     fut: Future[Any] = Future()
     fut.set_result(value)
     return fut
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real error of a task group, so callers see aisio errors, not groups."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, anyio.get_cancelled_exc_class()):
-            return exc
-    return group.exceptions[0]
 
 
 # ---------------------------------------------------------------------------- prefixes
@@ -499,8 +490,7 @@ class StorageReader(_storage.StorageReader):
 
     @property
     def client(self) -> _bridge.Client:
-        """This process's client for the reads; with dcp_optimized its GETs are never split,
-        because the reader cuts spans into pieces itself."""
+        """This process's client for the reads (unsplit GETs with dcp_optimized: spans are cut here)."""
         config = self.config
         if self.reader_constructor.kind == "dcp_optimized":
             config = config.replace(part_size=_WHOLE_GET)
@@ -613,8 +603,6 @@ class StorageReader(_storage.StorageReader):
             return
         stored.targets = [planner.resolve_tensor(r).detach() for r in stored.reads]
         chunk = self._chunks.get((req.storage_index.fqn, tuple(req.storage_index.offset or ())))
-        if chunk is None and req.storage_index.offset is None:
-            chunk = self._chunks.get((req.storage_index.fqn, ()))
         if chunk is not None:
             stored.dtype, stored.shape = chunk
         predicted = layout.predict_layout(*chunk) if chunk is not None else None
