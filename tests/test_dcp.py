@@ -321,6 +321,14 @@ def test_s3_connector_names(request: pytest.FixtureRequest) -> None:
     load(out, storage_reader=reader)
     assert_same(state(), out)
     assert reader.config.s3.region == s3.region
+    from aisio.torch.compat import S3ClientConfig
+
+    seed = S3ClientConfig(force_path_style=True, part_size=6 << 20)
+    reader = S3StorageReader(s3.region, url, seed, config=store.config)
+    assert reader.config.part_size == 6 << 20 and reader.config.max_attempts == 10
+    out = blank()
+    load(out, storage_reader=reader)
+    assert_same(state(), out)
     with pytest.raises(TypeError, match="bogus"):
         S3StorageWriter(s3.region, url, bogus=1)
 
