@@ -298,8 +298,9 @@ class Reader(io.BufferedIOBase):
         if size is not None and size >= 0:
             buf = bytearray(size)
             n = self.readinto(buf)
-            del buf[n:]
-            return bytes(buf)
+            # not del buf[n:]: a view of buf may outlive the read (in a retried error's
+            # traceback, until the GC runs), and a bytearray with views cannot shrink
+            return bytes(memoryview(buf)[:n])
         return self._run(self._r.read, size)
 
     read1 = read

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -418,6 +419,7 @@ class Response:
         try:
             n = await conn.read_into(view)
         except OSError as exc:  # a stall: keep the bytes that came, raise on the next call
+            traceback.clear_frames(exc.__traceback__)  # its frames hold the caller's view
             if not conn.partial:
                 self._abort()
                 raise

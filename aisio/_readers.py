@@ -139,8 +139,7 @@ class AsyncReader:
             return b""
         buf = bytearray(n)
         got = await self._read_any(memoryview(buf))
-        del buf[got:]
-        return bytes(buf)
+        return bytes(memoryview(buf)[:got])  # not del buf[got:]: a view may linger
 
     async def readinto(self, buffer: Any) -> int:
         """Fill ``buffer`` from the current position; returns the bytes written."""
