@@ -67,7 +67,7 @@ class Sizes:
 
 
 MODES = {
-    "quick": Sizes(rounds=2, object_size=256 * MiB, checkpoint_size=256 * MiB, small_count=300,
+    "quick": Sizes(rounds=2, object_size=256 * MiB, checkpoint_size=256 * MiB, small_count=200,
                    small_size=100_000, shard_count=8, shard_size=16 * MiB, sample_size=100_000,
                    service_object=256 * MiB, service_count=1000, service_range=MiB),
     "full": Sizes(rounds=3, object_size=GiB, checkpoint_size=GiB, small_count=10_000,
@@ -117,8 +117,7 @@ def prepare_data(ctx: Context, which: set[str]) -> None:
     if "3" in which:
         write_small_objects(bench / "small", s.small_count, s.small_size)
     if which & {"4"}:
-        write_shards(bench / f"shards-{s.shard_size >> 20}m", s.shard_count, s.shard_size,
-                     s.sample_size)
+        write_shards(bench / _shard_folder(s), s.shard_count, s.shard_size, s.sample_size)
     if "2" in which:
         folder = bench / f"ckpt-{s.checkpoint_size >> 20}m"
         folder.mkdir(parents=True, exist_ok=True)
@@ -128,12 +127,17 @@ def prepare_data(ctx: Context, which: set[str]) -> None:
     print(f"data ready in {ctx.data} ({time.monotonic() - t0:.0f} s)", flush=True)
 
 
+def _shard_folder(s: Sizes) -> str:
+    """One folder per shard set: the AIS peer lists it, so it must hold exactly these."""
+    return f"shards-{s.shard_count}x{s.shard_size >> 20}m"
+
+
 def _shard_facts(ctx: Context) -> dict[str, int]:
     """Samples and payload bytes in the shards (what every peer must deliver)."""
     import tarfile
 
     s = ctx.sizes
-    folder = ctx.data / BUCKET / f"shards-{s.shard_size >> 20}m"
+    folder = ctx.data / BUCKET / _shard_folder(s)
     samples = payload = shard_bytes = 0
     for i in range(s.shard_count):
         path = folder / f"shard-{i:06d}.tar"
@@ -180,7 +184,7 @@ SCENARIOS = {
     "4": Scenario(
         "4", "Webdataset shards through a DataLoader (slow link)", "s4_shards", "items/s",
         lambda c: {"endpoint": c.slow, "ais_endpoint": c.ais,
-                   "prefix": f"shards-{c.sizes.shard_size >> 20}m/", "count": c.sizes.shard_count,
+                   "prefix": _shard_folder(c.sizes) + "/", "count": c.sizes.shard_count,
                    **_shard_facts(c)},
         lambda c: f"{c.sizes.shard_count} tar shards of {c.sizes.shard_size >> 20} MiB "
                   f"({c.sizes.sample_size // 1000} KB samples), DataLoader(num_workers=2, "

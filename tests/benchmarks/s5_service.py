@@ -266,4 +266,4 @@ PEERS: dict[str, tuple[str, str]] = {
 }
 
 QUICK = ["aisio async", "aisio get_into (reused buffers)", "obstore async", "aiobotocore",
-         "link reference (raw sockets)", "raw sockets keeping the bytes"]
+         "link reference (raw sockets)"]
