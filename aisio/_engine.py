@@ -180,8 +180,13 @@ class Engine:
         pieces: list[tuple[int, memoryview]], etag: str | None,
     ) -> None:
         """One GET of [start, end) streamed into ``pieces`` (sorted, within the range)."""
-        scratch = memoryview(bytearray(min(_DISCARD, end - start)))
         async with self.limiter:
+            # scratch for the gap bytes: as big as the largest gap (often a few bytes of
+            # headers), made once a slot is held, so queued jobs hold no memory
+            biggest, pos = 0, start
+            for offset, view in pieces:
+                biggest, pos = max(biggest, offset - pos), offset + len(view)
+            scratch = memoryview(bytearray(min(_DISCARD, biggest)))
             stream = Stream(self, backend, loc, start, end, etag)
             try:
                 for offset, view in pieces:
