@@ -1,0 +1,467 @@
+"""Process models, load, memory, cancellation, TLS, secrets and failed writes.
+
+Each test states one guarantee of docs/reliability.md and checks it against real servers
+on loopback (local_s3, local_ais), mostly through the fault-injecting proxy of
+``tests/faults.py``, which also counts connections. Leaks are counted from ``/proc``:
+threads, file descriptors, TCP connections by peer port, and resident memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import gc
+import os
+import random
+import re
+import signal
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from torch.utils.data import DataLoader, Dataset
+
+import aisio
+from aisio import ReaderConstructor
+from aisio.testing import local_ais
+
+from .faults import Chaos, FaultProxy, fault_proxy, long_run, proxied_ais
+
+KiB, MiB, GiB = 2**10, 2**20, 2**30
+BUCKET = "aisio-test"
+FAST = dict(max_attempts=8, read_timeout=2.0, connect_timeout=2.0, backoff_base=0.01,
+            backoff_max=0.05)
+MILD = Chaos(rate=0.05, weights={"reset": 2, "short": 2, "status": 3, "drop": 1,
+                                 "shift_range": 1, "ignore_range": 1})
+"""Faults for tests about something else: no stalls, so timing stays predictable."""
+MANY_WORKERS = pytest.mark.filterwarnings(  # torch's advice for this 2-core machine
+    "ignore:This DataLoader will create:UserWarning")
+
+
+def report(name: str, **figures: Any) -> None:
+    print(f"\nFIGURES {name}: {figures}")
+
+
+# -- counting what a process holds, from /proc --
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def fd_kinds() -> collections.Counter[str]:
+    """Open descriptors by kind (socket, pipe, anon_inode:..., or the file's path)."""
+    out: collections.Counter[str] = collections.Counter()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out[re.sub(r"\[\d+\]$", "", os.readlink(f"/proc/self/fd/{fd}"))] += 1
+    return out
+
+
+def socket_inodes() -> set[int]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                out.add(int(link[8:-1]))
+    return out
+
+
+def tcp_connections(ports: Sequence[int]) -> int:
+    """This process's open TCP connections whose peer listens on one of ``ports``."""
+    mine = socket_inodes()
+    wanted = set(ports)
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                state, inode = fields[3], int(fields[9])
+                if inode in mine and remote_port in wanted and state == "01":  # ESTABLISHED
+                    count += 1
+    return count
+
+
+def status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def loop_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "aisio-loop")
+
+
+def thread_names() -> collections.Counter[str]:
+    return collections.Counter(t.name for t in threading.enumerate())
+
+
+def new_threads(before: collections.Counter[str]) -> collections.Counter[str]:
+    """Threads now that were not there before, but the process's one aisio loop thread."""
+    extra = thread_names() - before
+    if extra["aisio-loop"] == 1 and before["aisio-loop"] == 0:
+        del extra["aisio-loop"]
+    return extra
+
+
+def settle(check: Any, timeout: float = 10.0) -> bool:
+    """Poll ``check()`` until true (connections and threads close asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return bool(check())
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+# -- both stores behind one proxy --
+
+
+_counter = iter(range(1_000_000))
+
+
+@dataclass
+class Both:
+    """local_s3 and local_ais behind one proxy; a config that reaches both through it."""
+
+    proxy: FaultProxy
+    s3: Any
+    ais: Any
+    s3_prefix: str
+    ais_prefix: str
+    settings: dict[str, Any]
+
+    def config(self, **changes: Any) -> aisio.ClientConfig:
+        s3 = dataclasses.replace(self.s3.s3_options(), endpoint_url=self.proxy.url("s3"))
+        ais = aisio.AISOptions(endpoint=self.proxy.url("gateway"))
+        return aisio.ClientConfig(s3=s3, ais=ais, **{**self.settings, **changes})
+
+    def direct(self) -> aisio.ClientConfig:
+        return aisio.ClientConfig(s3=self.s3.s3_options(),
+                                  ais=aisio.AISOptions(endpoint=self.ais.endpoint))
+
+    def ports(self) -> list[int]:
+        return [port_of(lis.url) for lis in self.proxy.listeners.values()]
+
+    def prefix(self, backend: str) -> str:
+        return self.s3_prefix if backend == "s3" else self.ais_prefix
+
+    def data_listeners(self, backend: str) -> list[str]:
+        return ["s3"] if backend == "s3" else [n for n in self.proxy.listeners if n != "s3"]
+
+
+@pytest.fixture
+def both(s3_server: Any, ais_server: Any) -> Iterator[Both]:
+    with fault_proxy(seed=3) as proxy:
+        proxy.listen(s3_server.endpoint_url, "s3")
+        proxied_ais(proxy, ais_server)
+        unique = f"rel-{os.getpid()}-{next(_counter)}/"
+        yield Both(proxy, s3_server, ais_server, f"s3://{BUCKET}/{unique}",
+                   f"ais://{BUCKET}/{unique}", dict(FAST))
+
+
+def warm_up() -> None:
+    """Start this process's aisio loop thread, so it is not counted as a leak."""
+    from aisio import _bridge
+
+    async def nothing() -> None:
+        return None
+
+    _bridge.run(nothing)
+
+
+def put_all(config: aisio.ClientConfig, blobs: dict[str, bytes]) -> None:
+    async def main() -> None:
+        async with aisio.AsyncClient(config) as c, anyio.create_task_group() as tg:
+            for url, data in blobs.items():
+                tg.start_soon(c.put, url, data)
+
+    anyio.run(main)
+
+
+# -- DataLoader: fork, spawn, forkserver; persistent workers; a worker killed --
+
+
+class Checksums(Dataset[tuple[int, int, int, int, int]]):
+    """Reads object ``i`` through a Client shared with the parent; reports what it holds.
+
+    Each item is (index, crc32, worker pid, aisio loop threads in the worker, TCP
+    connections from the worker to the proxy).
+    """
+
+    def __init__(self, client: aisio.Client, urls: list[str], ports: list[int],
+                 delay: float = 0.0) -> None:
+        self.client, self.urls, self.ports, self.delay = client, urls, ports, delay
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __getitem__(self, i: int) -> tuple[int, int, int, int, int]:
+        if self.delay:
+            time.sleep(self.delay)
+        data = self.client.get(self.urls[i])
+        return i, zlib.crc32(data), os.getpid(), loop_threads(), tcp_connections(self.ports)
+
+
+def _objects(both: Both, n: int, seed: int) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    blobs = {}
+    for i in range(n):
+        backend = "s3" if i % 2 else "ais"
+        blobs[f"{both.prefix(backend)}dl/{i:03d}"] = rng.randbytes(rng.randint(1, 300_000))
+    return blobs
+
+
+def _no_noise(err: str) -> None:
+    for bad in ("different loop", "Traceback", "Exception ignored", "Warning", "Unclosed"):
+        assert bad not in err, err
+
+
+@MANY_WORKERS
+@pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
+def test_dataloader_four_persistent_workers_three_epochs_under_faults(
+    both: Both, context: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    blobs = _objects(both, 48, seed=1)
+    put_all(both.direct(), blobs)
+    urls = list(blobs)
+    expected = {i: zlib.crc32(blobs[u]) for i, u in enumerate(urls)}
+    both.proxy.set_chaos(MILD)
+    warm_up()
+    threads_before, fds_before, kinds = thread_names(), fd_count(), fd_kinds()
+    config = both.config(max_concurrency=4)
+    with aisio.Client(config) as client:
+        client.head(urls[0])  # the parent's loop thread and a pooled connection exist at fork
+        loader = DataLoader(Checksums(client, urls, both.ports()), batch_size=4, num_workers=4,
+                            multiprocessing_context=context, persistent_workers=True, timeout=120)
+        worker_sockets: list[dict[int, int]] = []
+        pids: list[set[int]] = []
+        for _epoch in range(3):
+            seen, sockets = {}, collections.defaultdict(int)
+            for idx, crc, pid, loops, conns in loader:
+                seen.update(zip(idx.tolist(), crc.tolist(), strict=True))
+                assert set(loops.tolist()) == {1}  # one loop thread per worker, its own
+                for p, n in zip(pid.tolist(), conns.tolist(), strict=True):
+                    sockets[p] = max(sockets[p], n)
+            assert seen == expected
+            worker_sockets.append(dict(sockets))
+            pids.append(set(sockets))
+        del loader, idx, crc, pid, loops, conns  # batches live in shared memory
+        gc.collect()
+    assert len(pids[0]) == 4 and pids[0] == pids[1] == pids[2]  # persistent: same workers
+    # a worker holds at most max_concurrency connections per host (s3, gateway, 2 targets),
+    # and no more in the third epoch than in the first: nothing accumulates
+    peak = max(n for epoch in worker_sockets for n in epoch.values())
+    assert peak <= 4 * 4
+    assert max(worker_sockets[2].values()) <= max(worker_sockets[0].values()) + 2
+    assert settle(lambda: not new_threads(threads_before)), new_threads(threads_before)
+    assert settle(lambda: fd_count() <= fds_before + 2), fd_kinds() - kinds
+    assert both.proxy.wait_idle(10)
+    _no_noise(capfd.readouterr().err)
+    report(f"dataloader-{context}", faults=sum(both.proxy.injected.values()),
+           reads=3 * len(urls), worker_connections_peak=peak, fds=(fds_before, fd_count()))
+
+
+@MANY_WORKERS
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_worker_killed_mid_epoch_fails_fast_and_the_next_epoch_runs(
+    both: Both, context: str
+) -> None:
+    blobs = _objects(both, 48, seed=2)
+    put_all(both.direct(), blobs)
+    urls = list(blobs)
+    expected = {i: zlib.crc32(blobs[u]) for i, u in enumerate(urls)}
+    warm_up()
+    threads_before, fds_before = thread_names(), fd_count()
+    with aisio.Client(both.config(max_concurrency=4)) as client:
+        loader = DataLoader(Checksums(client, urls, both.ports(), delay=0.05), batch_size=2,
+                            num_workers=4, multiprocessing_context=context, timeout=120)
+        batches = iter(loader)
+        _, _, pid, _, _ = next(batches)
+        os.kill(int(pid[0]), signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid"):
+            for _ in batches:
+                pass
+        assert time.monotonic() - started < 30  # no hang: torch notices the dead worker
+        del batches
+        seen = {}
+        for idx, crc, _, _, _ in loader:  # a fresh epoch, fresh workers
+            seen.update(zip(idx.tolist(), crc.tolist(), strict=True))
+        assert seen == expected
+        del loader, idx, crc
+        gc.collect()
+    assert settle(lambda: not new_threads(threads_before)), new_threads(threads_before)
+    assert settle(lambda: fd_count() <= fds_before + 2), (fd_count(), fds_before)
+    assert both.proxy.wait_idle(10)
+
+
+# -- load: 2,000 concurrent GETs within the connection limit, descriptors flat --
+
+
+@pytest.mark.parametrize("backend", ["s3", "ais"])
+async def test_two_thousand_concurrent_gets_stay_within_the_connection_limit(
+    both: Both, backend: str
+) -> None:
+    limit, count = 64, 2000
+    blobs = {f"{both.prefix(backend)}load/{i:03d}": random.Random(i).randbytes(2000 + i)
+             for i in range(250)}
+    await anyio.to_thread.run_sync(put_all, both.direct(), blobs)
+    urls = list(blobs)
+    fds_before = fd_count()
+    fds, conns = [], []
+    async with aisio.AsyncClient(both.config(max_concurrency=limit)) as c:
+        for round_ in range(2 if backend == "s3" else 3):
+            both.proxy.clear()
+            rng = random.Random(round_)
+            picks = [rng.choice(urls) for _ in range(count)]
+            results: dict[int, bytes] = {}
+
+            async def one(i: int, url: str, results: dict[int, bytes] = results) -> None:
+                results[i] = await c.get(url)
+
+            async with anyio.create_task_group() as tg:
+                for i, url in enumerate(picks):
+                    tg.start_soon(one, i, url)
+            assert all(results[i] == blobs[u] for i, u in enumerate(picks))
+            for name in both.data_listeners(backend):
+                assert both.proxy.max_open(name) <= limit, (name, both.proxy.max_open(name))
+            conns.append(tcp_connections(both.ports()))
+            fds.append(fd_count())
+    assert max(conns) <= limit * len(both.data_listeners(backend))
+    # descriptors follow the pooled connections (4 each in this process: the client's,
+    # the proxy's two, the server's), which the limit bounds: nothing else accumulates
+    for n_fds, n_conns in zip(fds, conns, strict=True):
+        assert n_fds - fds_before <= 4 * n_conns + 8, (fds, conns)
+    assert both.proxy.wait_idle(10)
+    assert settle(lambda: fd_count() <= fds_before + 2), (fd_count(), fds_before)
+    report(f"load-{backend}", gets=count * len(fds), peak_connections_per_host=max(
+        both.proxy.max_open(n) for n in both.data_listeners(backend)), fds_before=fds_before,
+        fds_per_round=fds, pooled_connections_per_round=conns, fds_after_close=fd_count())
+
+
+# -- memory: streaming GiBs through 4 DataLoader workers keeps every RSS bounded --
+
+
+_START_RSS = [0]  # this worker's RSS (KiB) when it started, after _reset_peak
+
+
+class Streamed(Dataset[tuple[int, int, int, int, int, int]]):
+    """Streams object ``i`` through a 4 MiB buffer.
+
+    Items are (index, crc32, bytes, pid, peak RSS KiB, RSS KiB when the worker started).
+    """
+
+    def __init__(self, config: aisio.ClientConfig, urls: list[str]) -> None:
+        self.config, self.urls = config, urls
+        self.client: aisio.Client | None = None
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __getitem__(self, i: int) -> tuple[int, int, int, int, int, int]:
+        if self.client is None:
+            self.client = aisio.Client(self.config)
+        buf = bytearray(4 * MiB)
+        crc = total = 0
+        with self.client.open(self.urls[i], ReaderConstructor.range_based(buffer_size=0)) as f:
+            while n := f.readinto(buf):
+                crc = zlib.crc32(memoryview(buf)[:n], crc)
+                total += n
+        return i, crc, total, os.getpid(), status_kib("VmHWM"), _START_RSS[0]
+
+
+def _reset_peak(_: int) -> None:
+    """Forget the peak RSS inherited from the parent, so VmHWM is this worker's own."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    _START_RSS[0] = status_kib("VmRSS")
+
+
+def _stream_through_workers(total: int, object_size: int) -> dict[str, Any]:
+    """Stream ``total`` bytes (objects of ``object_size``, over epochs) through 4 workers."""
+    objects = min(16, max(4, total // object_size))
+    epochs = max(1, total // (objects * object_size))
+    rng = random.Random(5)
+    blocks = [rng.randbytes(MiB) for _ in range(61)]  # a prime count: no two objects alike
+    with local_ais(targets=2) as ais:
+        ais.create_bucket("mem")
+        expected = {}
+        for i in range(objects):
+            pieces = [blocks[(i * 7 + j) % len(blocks)] for j in range(object_size // MiB)]
+            expected[i] = _crc(pieces)
+            ais.put_object("mem", f"o{i:02d}", pieces)
+        del blocks
+        config = aisio.ClientConfig(ais=aisio.AISOptions(endpoint=ais.endpoint),
+                                    part_size=8 * MiB, max_concurrency=8)
+        urls = [f"ais://mem/o{i:02d}" for i in range(objects)]
+        _reset_peak(0)
+        parent_start = status_kib("VmRSS")
+        loader = DataLoader(Streamed(config, urls), batch_size=1, num_workers=4,
+                            multiprocessing_context="fork", persistent_workers=True,
+                            worker_init_fn=_reset_peak, timeout=300)
+        peaks: dict[int, int] = {}
+        growth: dict[int, int] = {}
+        streamed = 0
+        started = time.monotonic()
+        for _ in range(epochs):
+            for idx, crc, nbytes, pid, hwm, start in loader:
+                assert int(crc) == expected[int(idx)]
+                streamed += int(nbytes)
+                peaks[int(pid)] = max(peaks.get(int(pid), 0), int(hwm))
+                growth[int(pid)] = max(growth.get(int(pid), 0), int(hwm) - int(start))
+        seconds = time.monotonic() - started
+        del loader
+        gc.collect()
+    return {"streamed_gib": round(streamed / GiB, 2), "object_mib": object_size // MiB,
+            "epochs": epochs, "seconds": round(seconds, 1),
+            "gib_per_s": round(streamed / GiB / seconds, 2),
+            "worker_peak_rss_mib": sorted(p // 1024 for p in peaks.values()),
+            "worker_rss_growth_mib": sorted(g // 1024 for g in growth.values()),
+            "parent_peak_rss_mib": status_kib("VmHWM") // 1024,
+            "parent_rss_growth_mib": (status_kib("VmRSS") - parent_start) // 1024}
+
+
+def _crc(pieces: list[bytes]) -> int:
+    crc = 0
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+    return crc
+
+
+@MANY_WORKERS
+def test_streaming_two_gib_through_four_workers_keeps_rss_bounded() -> None:
+    figures = _stream_through_workers(2 * GiB, 128 * MiB)
+    assert figures["streamed_gib"] == 2
+    # a worker's peak RSS grows by a few MiB over what it had when it started, far below
+    # one 128 MiB object: a 4 MiB buffer, the pool's 256 KiB per connection
+    assert max(figures["worker_rss_growth_mib"]) < 64, figures
+    report("memory-2GiB", **figures)
+
+
+@MANY_WORKERS
+@pytest.mark.reliability
+def test_streaming_twenty_gib_through_four_workers_keeps_rss_bounded(
+    request: pytest.FixtureRequest,
+) -> None:
+    long_run(request)
+    figures = _stream_through_workers(20 * GiB, 256 * MiB)
+    assert figures["streamed_gib"] == 20
+    assert max(figures["worker_rss_growth_mib"]) < 64, figures
+    report("memory-20GiB", **figures)
