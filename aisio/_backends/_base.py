@@ -8,6 +8,7 @@ A backend maps its store's failures to ``aisio.errors`` (or leaves transport err
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -17,7 +18,8 @@ from .._url import Location
 if TYPE_CHECKING:
     from .._http import Response
 
-__all__ = ["Backend", "Body", "HTTPBody", "Upload", "check_range", "object_size_of"]
+__all__ = ["Backend", "Body", "HTTPBody", "Upload", "check_range", "object_size_of",
+           "untrusted_certificate"]
 
 
 class Body(Protocol):
@@ -131,3 +133,24 @@ def check_range(url: str, status: int, content_range: str | None, start: int) ->
             return
         got = f"Content-Range {content_range!r}"
     raise ConnectionError(f"{url}: asked for bytes from {start}, the server sent {got}")
+
+
+def untrusted_certificate(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind an SDK's error (httpx, aiohttp, botocore).
+
+    The SDKs wrap it in their own connection errors, which look transient; a certificate
+    nobody trusts is not, and the user needs to be told to configure ``ca_bundle``.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for inner in (getattr(exc, "certificate_error", None),  # aiohttp's (also a subclass)
+                      getattr(exc, "kwargs", {}).get("error")):  # botocore's SSLError
+            if isinstance(inner, BaseException) and id(inner) not in seen:
+                found = untrusted_certificate(inner)
+                if found is not None:
+                    return found
+        if isinstance(exc, ssl.SSLCertVerificationError) and hasattr(exc, "verify_message"):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -52,7 +52,7 @@ from ..errors import (
     RangeError,
     RequestError,
 )
-from ._base import HTTPBody, check_range, object_size_of
+from ._base import HTTPBody, check_range, object_size_of, untrusted_certificate
 
 __all__ = ["AISBackend"]
 
@@ -239,7 +239,16 @@ class AISBackend:
 
             content = once() if len(view) else b""
         request = self._client.build_request(method, url, headers=hdrs, content=content)
-        resp = await self._client.send(request, stream=True)
+        try:
+            resp = await self._client.send(request, stream=True)
+        except httpx.ConnectError as exc:
+            certificate = untrusted_certificate(exc)
+            if certificate is None:
+                raise
+            origin = redact(self._origin(url))
+            raise RequestError(f"TLS certificate of {origin} not trusted "
+                               f"({certificate.verify_message}); set ClientConfig(ca_bundle=...) "
+                               f"to trust its CA", url=origin) from exc
         return _Resp(resp.status_code, resp.headers, resp)
 
     async def _object_request(

@@ -33,7 +33,7 @@ from ..errors import (
     RangeError,
     RequestError,
 )
-from ._base import HTTPBody, check_range, object_size_of
+from ._base import HTTPBody, check_range, object_size_of, untrusted_certificate
 
 __all__ = ["S3Backend"]
 
@@ -74,6 +74,11 @@ def _map_error(exc: Exception, loc: Location) -> Exception:
             status = status or 503
         return RequestError(f"{url}: {code or 'error'} (HTTP {status}): {text}", url=url,
                             status=status, retry_after=retry_after)
+    certificate = untrusted_certificate(exc)
+    if certificate is not None:
+        return RequestError(f"TLS certificate of the S3 endpoint not trusted "
+                            f"({certificate.verify_message}) reading {url}; set "
+                            f"ClientConfig(ca_bundle=...) to trust its CA", url=url)
     if isinstance(exc, (bx.ReadTimeoutError, bx.ConnectTimeoutError, asyncio.TimeoutError)):
         return TimeoutError(f"timed out reading {url}")
     if isinstance(exc, (bx.HTTPClientError, bx.ConnectionError, bx.ResponseStreamingError,
