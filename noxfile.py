@@ -44,7 +44,7 @@ def quickstart(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """aisio against its peers: `nox -s bench` (quick, ~2 min) or `nox -s bench -- --full`.
+    """aisio against its peers: `nox -s bench` (quick, a few minutes) or `nox -s bench -- --full`.
 
     Results go to docs/benchmarks/ (full) or docs/benchmarks/quick/. Needs nginx (Debian's
     package), installed here if missing.
