@@ -91,19 +91,29 @@ def client_for(config: ClientConfig) -> Client:
     A ``Client`` re-opens its connections in a forked child, so the dict needs no reset.
     """
     client = _clients.get(config)
-    if client is None:
-        client = _clients.setdefault(config, Client(config))
+    if client is None or client._closed:  # closed by a user: make another
+        client = _clients[config] = Client(config)
     return client
 
 
 @atexit.register
 def _close_clients() -> None:
-    """Close this process's connections at exit (sessions left open make SDKs complain)."""
-    for client in list(_clients.values()):
-        if client._aclient is None or client._pid != os.getpid():
-            continue
-        with contextlib.suppress(Exception):
-            _bridge.submit(client.aclient.aclose).result(timeout=5)
+    """Close this process's connections at exit (sessions left open make SDKs complain).
+
+    Done from a daemon thread and given at most 5 s, so a wedged loop cannot hang the exit.
+    """
+    mine = [c for c in _clients.values() if c._aclient is not None and c._pid == os.getpid()]
+    if not mine:
+        return
+
+    def close() -> None:
+        for client in mine:
+            with contextlib.suppress(Exception):
+                _bridge.submit(client.aclient.aclose).result(timeout=5)
+
+    thread = threading.Thread(target=close, name="aisio-torch-exit", daemon=True)
+    thread.start()
+    thread.join(5)
 
 
 def _config(config: ClientConfig | None) -> ClientConfig:
