@@ -165,6 +165,9 @@ class Exchange:
     started: float = 0.0
     answered: float = 0.0
     finished: float = 0.0
+    """When the exchange ended (0: still going); set however it ended."""
+    stage: str = "received"
+    """How far it got: received, forwarded, answered (by the server), body, cut."""
 
 
 @dataclass
@@ -387,7 +390,13 @@ class FaultProxy:
                     block = await creader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
                     return
-                keep, upstream = await self._exchange(listener, block, creader, cwriter, upstream)
+                records: list[Exchange] = []
+                try:
+                    keep, upstream = await self._exchange(listener, block, creader, cwriter,
+                                                          upstream, records)
+                finally:
+                    for record in records:  # the exchange is over, however it ended
+                        record.finished = time.monotonic()
                 if not keep:
                     return
         except _Closed:
@@ -410,6 +419,7 @@ class FaultProxy:
         self, listener: _Listener, block: bytes, creader: asyncio.StreamReader,
         cwriter: asyncio.StreamWriter,
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
+        records: list[Exchange],
     ) -> tuple[bool, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
         """Serve one request; returns (keep the client connection, upstream connection)."""
         req = _Head.parse(block)
@@ -421,6 +431,7 @@ class FaultProxy:
         record = Exchange(listener.name, method, path, query,
                           {k.lower(): v for k, v in req.fields}, rng_header, rng_header,
                           started=time.monotonic())
+        records.append(record)
         with self._lock:
             self.exchanges.append(record)
         hook = rule.hook if rule is not None else None
@@ -452,6 +463,7 @@ class FaultProxy:
                 upstream[1].close()
             upstream = await asyncio.open_connection(*listener.upstream, limit=_LIMIT)
         ureader, uwriter = upstream
+        record.stage = "forwarded"
         uwriter.write(req.encode())
         sending: asyncio.Future[None] | None = asyncio.ensure_future(
             _copy_request_body(creader, uwriter, req_length, req_chunked))
@@ -460,6 +472,7 @@ class FaultProxy:
         try:
             while True:
                 resp = _Head.parse(await ureader.readuntil(b"\r\n\r\n"))
+                record.stage = "answered"
                 status = int(resp.first.split(" ")[1])
                 if status >= 200 or status == 101:
                     break
@@ -491,7 +504,7 @@ class FaultProxy:
         if hook is not None:
             await cwriter.drain()
             await asyncio.to_thread(hook)
-        record.finished = time.monotonic()
+        record.stage = "cut"
         uwriter.close()  # mid-response: the server sees a reset when it writes on
         if fault.kind == "short":
             cwriter.close()  # FIN: the client gets every byte we sent
@@ -554,7 +567,6 @@ class FaultProxy:
         record.body_bytes = len(payload)
         cwriter.write(head.encode() + payload)
         await cwriter.drain()
-        record.finished = time.monotonic()
         return keep
 
     async def _respond(
@@ -594,8 +606,8 @@ class FaultProxy:
                 limit = int(fault.fraction * size) if size else 0
             else:
                 limit = self.rng.randrange(1 << 16)
-        if kind == "delay":
-            await asyncio.sleep(fault.seconds)  # type: ignore[union-attr]
+        if kind == "delay" and await _hold(creader, fault.seconds):  # type: ignore[union-attr]
+            raise _Drop  # the client gave up waiting
         keep_up = "close" not in (resp.get("connection") or "").lower()
         keep_client = keep_up and "close" not in (req.get("connection") or "").lower()
         if not no_body and not chunked and length is None:
@@ -603,6 +615,7 @@ class FaultProxy:
             resp.set("Connection", "close")
         record.status = status
         record.answered = time.monotonic()
+        record.stage = "body"
         cwriter.write(resp.encode())
         await cwriter.drain()
         out = _Out(cwriter, limit, record)
@@ -612,7 +625,6 @@ class FaultProxy:
         except _Cut:
             assert fault is not None
             await self._cut(fault, creader, cwriter, uwriter, record, hook)
-        record.finished = time.monotonic()
         if limit is not None and fault is not None:  # the body ended before the fault was due
             record.fault = None
             with self._lock:
@@ -690,14 +702,20 @@ async def _copy_body(reader: asyncio.StreamReader, write: Callable[[bytes], Any]
             await write(data)
 
 
-async def _hold(reader: asyncio.StreamReader, seconds: float) -> None:
-    """Send nothing until the client hangs up or ``seconds`` pass."""
+async def _hold(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Send nothing until the client hangs up (True) or ``seconds`` pass (False)."""
+
     async def drain() -> None:
         while await reader.read(65536):
             pass
 
-    with contextlib.suppress(asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+    try:
         await asyncio.wait_for(drain(), seconds)
+    except TimeoutError:
+        return False
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    return True
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:

@@ -8,6 +8,7 @@ threads, file descriptors, TCP connections by peer port, and resident memory.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -16,11 +17,13 @@ import os
 import random
 import re
 import signal
+import ssl
 import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -32,7 +35,7 @@ import aisio
 from aisio import ReaderConstructor
 from aisio.testing import local_ais
 
-from .faults import Chaos, FaultProxy, fault_proxy, long_run, proxied_ais
+from .faults import Chaos, Fault, FaultProxy, fault_proxy, long_run, proxied_ais
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 BUCKET = "aisio-test"
@@ -465,3 +468,165 @@ def test_streaming_twenty_gib_through_four_workers_keeps_rss_bounded(
     assert figures["streamed_gib"] == 20
     assert max(figures["worker_rss_growth_mib"]) < 64, figures
     report("memory-20GiB", **figures)
+
+
+# -- cancellation: every GET stops, the pool stays healthy, nothing leaks --
+
+
+def _faulted_in_flight(proxy: FaultProxy) -> list[Any]:
+    return [x for x in proxy.snapshot() if x.fault and not x.finished]
+
+
+def _data_upstream(backend: str) -> str:
+    return "s3" if backend == "s3" else "t"
+
+
+@pytest.mark.parametrize("where", ["before-head", "mid-body"])
+@pytest.mark.parametrize("backend", ["s3", "ais"])
+async def test_cancelled_async_reads_stop_every_get_and_the_pool_stays_healthy(
+    both: Both, backend: str, where: str
+) -> None:
+    data = random.Random(9).randbytes(4 * MiB)
+    url = both.prefix(backend) + "cancel.bin"
+    key = url.split("/", 3)[3]
+    await anyio.to_thread.run_sync(put_all, both.direct(), {url: data})
+    fault = (Fault("delay", seconds=120) if where == "before-head"
+             else Fault("stall", after=50_000, seconds=120))
+    tasks_before = len(asyncio.all_tasks())
+    config = both.config(part_size=256 * KiB, max_concurrency=8, read_timeout=120)
+    async with aisio.AsyncClient(config) as c:
+        assert await c.get(url, 0, 1000) == data[:1000]  # an AIS read now skips the gateway
+        fds_warm = fd_count()
+        for _cycle in range(8):
+            rule = both.proxy.add(fault, path=key, upstream=_data_upstream(backend), times=-1)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_read_all, c, url, len(data))  # 16 parts, 8 at once
+                with anyio.fail_after(20):
+                    while len(_faulted_in_flight(both.proxy)) < 8:  # every slot is stuck
+                        await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+            rule.times = 0
+            with anyio.fail_after(10):  # each cancelled GET closed its connection
+                while _faulted_in_flight(both.proxy):
+                    await anyio.sleep(0.01)
+        with anyio.fail_after(30):  # all 8 slots came back: a 16-part read completes
+            assert await c.get(url) == data
+        assert c.statistics().bytes_received >= len(data)
+        assert fd_count() <= fds_warm + 4 * 8 + 4  # at most the 8 pooled connections more
+    assert both.proxy.wait_idle(10)
+    for _ in range(100):
+        if len(asyncio.all_tasks()) <= tasks_before:
+            break
+        await anyio.sleep(0.02)
+    assert len(asyncio.all_tasks()) <= tasks_before, asyncio.all_tasks()
+
+
+async def _read_all(c: aisio.AsyncClient, url: str, size: int) -> None:
+    """Read a whole object of known size: every part is requested at once."""
+    async with await c.open(url, ReaderConstructor.range_based(buffer_size=0)) as r:
+        await r.readinto(bytearray(size))
+
+
+@pytest.mark.parametrize("backend", ["s3", "ais"])
+def test_closing_a_sync_reader_or_interrupting_a_sync_get_stops_its_gets(
+    both: Both, backend: str
+) -> None:
+    from aisio import _bridge
+
+    data = random.Random(10).randbytes(3 * MiB)
+    url = both.prefix(backend) + "sync-cancel.bin"
+    key = url.split("/", 3)[3]
+    put_all(both.direct(), {url: data})
+    stall = Fault("stall", after=50_000, seconds=120)
+    with aisio.Client(both.config(part_size=MiB, max_concurrency=4, read_timeout=120)) as client:
+        assert client.get(url, 0, 10) == data[:10]
+
+        def wait_in_flight(n: int) -> None:
+            assert settle(lambda: len(_faulted_in_flight(both.proxy)) >= n, 20)
+
+        # a reader closed from another thread while its read is stuck
+        rule = both.proxy.add(stall, path=key, upstream=_data_upstream(backend), times=-1)
+        reader = client.open(url, ReaderConstructor.sequential())
+        errors: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                reader.read()
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        wait_in_flight(1)
+        reader.close()
+        thread.join(10)
+        assert not thread.is_alive() and isinstance(errors[0], aisio.ClosedError), errors
+        assert settle(lambda: not _faulted_in_flight(both.proxy), 10)
+
+        # KeyboardInterrupt while a sync get waits for three stuck parts
+        def interrupt() -> None:
+            wait_in_flight(3)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        timer = threading.Thread(target=interrupt)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            client.get(url)
+        timer.join()
+        assert settle(lambda: not _faulted_in_flight(both.proxy), 10)
+        rule.times = 0
+
+        async def tasks() -> int:
+            return len(asyncio.all_tasks())
+
+        assert settle(lambda: _bridge.run(tasks) <= 2, 10)  # this one and the portal's
+        assert client.get(url) == data  # the pool has all its slots
+    assert both.proxy.wait_idle(10)
+
+
+# -- TLS: verified by default; trusted with ca_bundle --
+
+
+@pytest.mark.parametrize("backend", ["s3", "ais"])
+async def test_tls_is_verified_by_default_and_a_configured_ca_is_trusted(
+    s3_server: Any, ais_server: Any, tmp_path: Path, backend: str
+) -> None:
+    from .test_http import make_certs
+
+    ca, cert, key = make_certs(tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    with fault_proxy() as proxy:
+        if backend == "s3":
+            endpoint = proxy.listen(s3_server.endpoint_url, "s3", ssl=server_side)
+            prefix = f"s3://{BUCKET}/tls-{os.getpid()}/"
+        else:
+            endpoint = proxied_ais(proxy, ais_server, ssl=server_side)
+            prefix = f"ais://{BUCKET}/tls-{os.getpid()}/"
+        assert endpoint.startswith("https://")
+
+        def config(**tls: Any) -> aisio.ClientConfig:
+            s3 = dataclasses.replace(s3_server.s3_options(), endpoint_url=endpoint)
+            ais = aisio.AISOptions(endpoint=endpoint, token="a-token")
+            return aisio.ClientConfig(s3=s3, ais=ais, max_attempts=3, **tls)
+
+        async with aisio.AsyncClient(config()) as c:
+            calls = [c.put(prefix + "x", b"1"), c.get(prefix + "x"), c.head(prefix + "x"),
+                     _collect(c, prefix)]
+            for call in calls:
+                with pytest.raises(aisio.RequestError, match="not trusted"):
+                    await call
+            assert c.statistics().retries == 0  # refused at once, not retried
+        assert proxy.snapshot() == []  # no request (no credential, no token) went out
+        data = random.Random(11).randbytes(11 * MiB)
+        async with aisio.AsyncClient(config(ca_bundle=str(ca), part_size=5 * MiB)) as c:
+            await c.put(prefix + "big", data)  # multipart over verified TLS
+            assert await c.get(prefix + "big") == data
+            assert [i.size for i in await _collect(c, prefix)] == [len(data)]
+        async with aisio.AsyncClient(config(verify_tls=False)) as c:
+            assert (await c.head(prefix + "big")).size == len(data)
+            await c.delete(prefix + "big")
+
+
+async def _collect(c: aisio.AsyncClient, prefix: str) -> list[aisio.ObjectInfo]:
+    return [i async for i in c.list(prefix)]
