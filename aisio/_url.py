@@ -133,7 +133,7 @@ _SECRET_HEADER = re.compile(
     r"['\"]?\s*[:=]\s*b?['\"]?)[^'\",}\r\n]+"
 )
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
-_SIGNATURE = re.compile(r"(Signature=)[0-9a-fA-F]+")
+_SIGNATURE = re.compile(r"(Signature[=:]\s*)[0-9a-fA-F]{16,}")  # also botocore's "Signature:\n<hex>" log
 
 
 def redact(text: str) -> str:
