@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import gc
+import logging
 import os
 import random
 import re
@@ -20,6 +21,7 @@ import signal
 import ssl
 import threading
 import time
+import traceback
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -630,3 +632,196 @@ async def test_tls_is_verified_by_default_and_a_configured_ca_is_trusted(
 
 async def _collect(c: aisio.AsyncClient, prefix: str) -> list[aisio.ObjectInfo]:
     return [i async for i in c.list(prefix)]
+
+
+# -- secrets: never in logs, errors or reprs; the AIS token only to the cluster --
+
+
+S3_SECRET = "wJalrXUtnFEMI-SECRET-K7MDENG-bPxRfiCY"
+S3_SESSION = "FwoGZXIvYXdzEBAaDSESSION-TOKEN-DO-NOT-LEAK"
+AIS_TOKEN = "eyJhbGciOiJIUzI1NiJ9.AIS-TOKEN-DO-NOT-LEAK.sig"
+_QUERY_SECRETS = re.compile(r"(?:X-Amz-Signature|X-Amz-Security-Token|X-Amz-Credential)=([^&]+)")
+
+
+def _all_text(exc: BaseException) -> str:
+    """Everything an exception shows: message, repr and those of its causes, formatted."""
+    parts = ["".join(traceback.format_exception(exc))]
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts += [str(current), repr(current), repr(getattr(current, "args", ""))]
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+async def test_secrets_never_reach_logs_errors_or_reprs_and_the_token_stays_with_ais(
+    s3_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    with local_ais(targets=2, token=AIS_TOKEN) as ais, fault_proxy(seed=5) as proxy:
+        ais.create_bucket("sec")
+        s3_url = proxy.listen(s3_server.endpoint_url, "s3")
+        gateway = proxied_ais(proxy, ais)
+        s3 = aisio.S3Options(endpoint_url=s3_url, region="us-east-1", force_path_style=True,
+                             access_key_id="AKIAAISIOTEST", secret_access_key=S3_SECRET,
+                             session_token=S3_SESSION)
+        config = aisio.ClientConfig(s3=s3, ais=aisio.AISOptions(endpoint=gateway, token=AIS_TOKEN),
+                                    max_attempts=2, read_timeout=0.5, part_size=5 * MiB,
+                                    backoff_base=0.01, backoff_max=0.05)
+        prefixes = [f"s3://{BUCKET}/sec-{os.getpid()}/", "ais://sec/"]
+        data = random.Random(12).randbytes(11 * MiB)
+        async with aisio.AsyncClient(config) as c:
+            for prefix in prefixes:
+                await c.put(prefix + "big", data)  # multipart through the proxy
+                proxy.set_chaos(MILD)
+                assert await c.get(prefix + "big") == data
+                r = await c.open(prefix + "big", ReaderConstructor.range_based())
+                w = c.writer(prefix + "w")
+                texts += [repr(r), str(r), repr(w), repr(c), repr(config), str(config)]
+                await r.aclose()
+                await w.abort()
+                proxy.set_chaos(None)
+                failures = [c.get(prefix + "missing"), c.get(prefix + "big", 5, 2),
+                            c.get(prefix + "big", 0, len(data) + 1)]
+                rule = proxy.add(Fault("reset", after=0), method=None, times=-1)
+                failures += [c.get(prefix + "big"), c.head(prefix + "big"),
+                             _collect(c, prefix)]
+                for call in failures:
+                    with pytest.raises(aisio.AisioError) as info:
+                        await call
+                    texts.append(_all_text(info.value))
+                rule.times = 0
+            texts.append(repr(c.statistics()))
+        with aisio.Client(config) as client:
+            texts += [repr(client), repr(client.open(prefixes[1] + "big"))]
+        wrong = config.replace(ais=aisio.AISOptions(endpoint=gateway, token="wrong-token"))
+        async with aisio.AsyncClient(wrong) as c:
+            with pytest.raises(aisio.AccessDeniedError) as denied:
+                await c.get(prefixes[1] + "big")
+            texts.append(_all_text(denied.value))
+        exchanges = proxy.snapshot()
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    texts += [formatter.format(record) for record in caplog.records]
+    signed = {m for x in exchanges for m in _QUERY_SECRETS.findall(x.query)}
+    signed |= {x.headers["authorization"].rsplit("Signature=", 1)[-1] for x in exchanges
+               if x.headers.get("authorization", "").startswith("AWS4-HMAC")}
+    assert len(signed) >= 3 and caplog.records
+    text = "\n".join(texts)
+    for secret in (S3_SECRET, S3_SESSION, AIS_TOKEN, *signed):
+        assert secret not in text, f"a secret leaked: {secret[:6]}..."
+    # the token goes to the gateway and the targets, never to the S3 endpoint;
+    # S3 signatures and the session token never go to AIS
+    for x in exchanges:
+        sent = " ".join([x.query, *x.headers.values()])
+        if x.upstream == "s3":
+            assert AIS_TOKEN not in sent and "Bearer" not in sent
+        else:
+            assert x.headers.get("authorization") in (f"Bearer {AIS_TOKEN}", "Bearer wrong-token")
+            assert S3_SESSION not in sent and "X-Amz" not in sent and "AWS4" not in sent
+    report("secrets", exchanges=len(exchanges), signatures_checked=len(signed),
+           log_records=len(caplog.records), texts=len(texts))
+
+
+# -- writes that fail leave no object and no parts --
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+@pytest.mark.parametrize("backend", ["s3", "ais"])
+async def test_a_write_that_keeps_failing_leaves_no_object_and_no_parts(
+    both: Both, backend: str, flavour: str
+) -> None:
+    url = both.prefix(backend) + f"w-{flavour}.bin"
+    data = random.Random(13).randbytes(13 * MiB)  # three 5 MiB parts
+    config = both.config(part_size=5 * MiB, max_attempts=3)
+    rule = both.proxy.add(Fault("status", status=500, code="InternalError"), method="PUT",
+                          query="partNumber=2", times=-1)
+
+    async def write() -> None:
+        if flavour == "sync":
+            def blocking() -> None:
+                with aisio.Client(config) as client, client.writer(url) as w:
+                    for i in range(0, len(data), MiB):
+                        w.write(data[i:i + MiB])
+
+            await anyio.to_thread.run_sync(blocking)
+            return
+        async with aisio.AsyncClient(config) as c, c.writer(url) as aw:
+            for i in range(0, len(data), MiB):
+                await aw.write(data[i:i + MiB])
+
+    with pytest.raises(aisio.TransientError, match=r"w-"):
+        await write()
+    assert rule.applied == 3
+    async with aisio.AsyncClient(both.direct()) as c:
+        with pytest.raises(aisio.ObjectNotFoundError):
+            await c.head(url)
+    key = url.split("/", 3)[3]
+    aborts = [x for x in both.proxy.snapshot() if x.method == "DELETE" and "uploadId" in x.query
+              and x.upstream != "gateway"]  # an AIS abort is redirected to a target
+    assert len(aborts) == 1 and aborts[0].status < 300
+    if backend == "s3":
+        uploads = both.s3.boto3_client().list_multipart_uploads(Bucket=BUCKET, Prefix=key)
+        assert not uploads.get("Uploads")
+    else:
+        assert not [u for u in both.ais._cluster.store.uploads.values() if u.key == key]
+    # the same write through a connection reset mid-response and a 503 goes through
+    rule.times = 0
+    both.proxy.add(Fault("reset", after=0), method="PUT", query="partNumber=2")
+    both.proxy.add(Fault("status", status=503), method="PUT", query="partNumber=3")
+    await write()
+    async with aisio.AsyncClient(both.direct()) as c:
+        assert await c.get(url) == data
+
+
+# -- listings of 10,000+ objects across pages, through faults --
+
+
+@pytest.mark.parametrize("backend", ["s3", "ais", "file"])
+async def test_listing_ten_thousand_objects_across_pages_under_faults(
+    both: Both, backend: str, tmp_path: Path
+) -> None:
+    count = 10_001
+    names = [f"many/{i:05d}" + (" ü+?#%.bin" if i % 1000 == 7 else "") for i in range(count)]
+    if backend == "s3":
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        store = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        prefix = both.s3_prefix
+        for i, name in enumerate(names):  # straight into moto: 10,001 PUTs would take minutes
+            store.put_object(BUCKET, prefix.split("/", 3)[3] + name, b"x" * (i % 5))
+        list_rule: dict[str, Any] = {"upstream": "s3", "query": "list-type"}
+    elif backend == "ais":
+        prefix = both.ais_prefix
+        for i, name in enumerate(names):
+            both.ais.put_object(BUCKET, prefix.split("/", 3)[3] + name, b"x" * (i % 5))
+        list_rule = {"upstream": "gateway", "path": "/v1/buckets/"}
+    else:
+        prefix = f"{tmp_path}/"
+        for i, name in enumerate(names):
+            path = tmp_path / name
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(b"x" * (i % 5))
+        list_rule = {}
+    if list_rule:
+        for fault in (Fault("status", status=503), Fault("reset", fraction=0.5),
+                      Fault("short", fraction=0.3), Fault("status", status=429, retry_after="0")):
+            both.proxy.add(fault, method="GET", **list_rule)
+    started = time.monotonic()
+    async with aisio.AsyncClient(both.config(max_attempts=5)) as c:
+        found = [(i.url, i.size) async for i in c.list(prefix + "many/")]
+    seconds = time.monotonic() - started
+    expected = [(f"{'file://' if backend == 'file' else ''}{prefix}{name}", i % 5)
+                for i, name in enumerate(names)]
+    assert found == sorted(expected)
+    pages = [x for x in both.proxy.snapshot() if x.fault is None and x.method == "GET"]
+    if backend == "s3":
+        assert len(pages) >= 11  # 1,000 keys a page
+    if list_rule:
+        assert sum(both.proxy.injected.values()) == 4
+    with aisio.Client(both.config()) as client:  # the sync twin pages lazily too
+        assert sum(1 for _ in client.list(prefix + "many/")) == count
+    report(f"listing-{backend}", objects=count, pages=len(pages), faults=dict(both.proxy.injected),
+           seconds=round(seconds, 1))
