@@ -327,6 +327,11 @@ class FaultProxy:
         with self._lock:
             return sum(lis.accepted for n, lis in self.listeners.items() if name in (None, n))
 
+    def counts(self) -> dict[str, int]:
+        """Faults injected so far, by kind."""
+        with self._lock:
+            return {kind: n for kind, n in sorted(self.injected.items()) if n}
+
     def snapshot(self) -> list[Exchange]:
         with self._lock:
             return list(self.exchanges)

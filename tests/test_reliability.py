@@ -823,5 +823,5 @@ async def test_listing_ten_thousand_objects_across_pages_under_faults(
         assert sum(both.proxy.injected.values()) == 4
     with aisio.Client(both.config()) as client:  # the sync twin pages lazily too
         assert sum(1 for _ in client.list(prefix + "many/")) == count
-    report(f"listing-{backend}", objects=count, pages=len(pages), faults=dict(both.proxy.injected),
+    report(f"listing-{backend}", objects=count, pages=len(pages), faults=both.proxy.counts(),
            seconds=round(seconds, 1))
