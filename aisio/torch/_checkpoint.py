@@ -20,6 +20,7 @@ from .. import _bridge
 from .._bridge import Client, Writer
 from .._config import ClientConfig
 from .._readers import ReaderConstructor
+from ._datasets import client_for
 
 __all__ = ["Checkpoint", "S3Checkpoint", "compat_config"]
 
@@ -67,12 +68,10 @@ class Checkpoint:
 
     @property
     def _client(self) -> Client:
-        from ._datasets import client_for
-
         return client_for(self.config)
 
     def __repr__(self) -> str:
-        return f"<aisio Checkpoint {self.config.s3.region or ''}>"
+        return f"<aisio Checkpoint part_size={self.config.part_size}>"
 
     def reader(self, url: object) -> io.BufferedIOBase:
         """A seekable file object over the object at ``url``, for ``torch.load``."""
