@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from .errors import InvalidURLError
 
-__all__ = ["Location", "parse_url", "redact"]
+__all__ = ["Location", "file_url", "parse_url", "redact"]
 
 SCHEMES = ("s3", "ais", "file")
 # S3 bucket names and AIS bucket names share this shape closely enough; AIS allows '_'.
@@ -41,7 +41,7 @@ class Location:
     @property
     def url(self) -> str:
         if self.scheme == "file":
-            return "file://" + self.key
+            return file_url(self.key)
         if self.scheme == "ais" and self.provider != "ais":
             return f"ais://{self.bucket}/{self.key}?provider={self.provider}"
         return f"{self.scheme}://{self.bucket}/{self.key}"
@@ -57,6 +57,11 @@ class Location:
 
     def __str__(self) -> str:
         return self.url
+
+
+def file_url(path: str) -> str:
+    """The ``file://`` URL of an absolute path, percent-encoded so it parses back to the path."""
+    return "file://" + quote(path, safe="/")
 
 
 def parse_url(url: object) -> Location:

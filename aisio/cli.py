@@ -178,9 +178,7 @@ def _as_prefix(loc: Location) -> Location:
 
 
 def _key_of(info: ObjectInfo) -> str:
-    """The key (or file path) of a listed object, without re-parsing escapes in file URLs."""
-    if info.url.startswith("file://"):
-        return info.url[len("file://"):]
+    """The key (or file path) of a listed object."""
     return parse_url(info.url).key
 
 

@@ -278,3 +278,15 @@ async def test_get_ranges_into_lands_bytes_in_caller_buffers(api: API, store: St
     assert api.statistics().requests - before == 3  # one span, cut into 5 MiB parts
     with pytest.raises(aisio.RangeError, match=r"scatter\.bin"):
         await api.get_ranges_into(url, [(11 * MiB - 1, bytearray(2))])
+
+
+async def test_file_listing_survives_symlink_loops_and_odd_names(tmp_path: object) -> None:
+    root = str(tmp_path)
+    os.makedirs(f"{root}/d/sub")
+    os.symlink(f"{root}/d", f"{root}/d/sub/loop")  # a link back up the tree
+    with open(f"{root}/d/sub/100%25 ü #1.bin", "wb") as f:
+        f.write(b"x")
+    async with aisio.AsyncClient() as c:
+        found = [i async for i in c.list(f"{root}/d/")]
+        assert len(found) == 1
+        assert await c.get(found[0].url) == b"x"  # the listed URL parses back to the path

@@ -79,6 +79,13 @@ def _etag(headers: Mapping[str, str]) -> str | None:
     return etag.strip('"') if etag else None
 
 
+def _quote_key(key: str) -> str:
+    """Percent-encode a key for the URL path; '.' and '..' segments too, so no client or
+    proxy folds them away (``a/../b`` is a key of its own, not ``b``)."""
+    return "/".join(
+        "%2E" * len(seg) if seg in (".", "..") else quote(seg, safe="") for seg in key.split("/"))
+
+
 def _byte_view(view: memoryview) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
@@ -213,7 +220,7 @@ class AISBackend:
 
     @staticmethod
     def _object_path(loc: Location) -> str:
-        return f"/v1/objects/{quote(loc.bucket, safe='')}/{quote(loc.key, safe='/')}"
+        return f"/v1/objects/{quote(loc.bucket, safe='')}/{_quote_key(loc.key)}"
 
     async def _send(
         self, method: str, url: str, *, params: Mapping[str, str] | None = None,

@@ -19,7 +19,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._types import ObjectInfo
-from .._url import Location
+from .._url import Location, file_url
 from ..errors import (
     AccessDeniedError,
     InvalidURLError,
@@ -40,11 +40,11 @@ def _etag(st: os.stat_result) -> str:
 
 def _info(path: str, st: os.stat_result) -> ObjectInfo:
     modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
-    return ObjectInfo("file://" + path, st.st_size, _etag(st), modified)
+    return ObjectInfo(file_url(path), st.st_size, _etag(st), modified)
 
 
 def _mapped(path: str, exc: OSError) -> Exception:
-    url = "file://" + path
+    url = file_url(path)
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         return ObjectNotFoundError(f"no such file: {url}", url=url)
     if isinstance(exc, PermissionError):
@@ -121,10 +121,21 @@ def _open_temp(path: str) -> tuple[int, str]:
     return fd, tmp
 
 
-def _walk(root: str, prefix: str, recursive: bool) -> list[tuple[str, os.stat_result]]:
-    """Files under ``root`` whose path starts with ``prefix``, in path order."""
+def _walk(
+    root: str, prefix: str, recursive: bool, seen: set[tuple[int, int]] | None = None
+) -> list[tuple[str, os.stat_result]]:
+    """Files under ``root`` whose path starts with ``prefix``, in path order.
+
+    Symlinked folders are followed once each: ``seen`` holds the (device, inode) of every
+    folder entered, so a link back up the tree cannot loop.
+    """
     out: list[tuple[str, os.stat_result]] = []
+    seen = set() if seen is None else seen
     try:
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            return out
+        seen.add((st.st_dev, st.st_ino))
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
         return out
@@ -132,7 +143,7 @@ def _walk(root: str, prefix: str, recursive: bool) -> list[tuple[str, os.stat_re
         path = entry.path
         if entry.is_dir(follow_symlinks=True):
             if ((path + "/").startswith(prefix) and recursive) or prefix.startswith(path + "/"):
-                out.extend(_walk(path, prefix, recursive))
+                out.extend(_walk(path, prefix, recursive, seen))
         elif path.startswith(prefix) and entry.is_file(follow_symlinks=True):
             if not recursive and "/" in path[len(prefix):]:
                 continue
@@ -158,7 +169,7 @@ class FileBackend:
         root = prefix.rstrip("/") if prefix.endswith("/") else os.path.dirname(prefix)
         if not prefix.endswith("/") and os.path.isdir(prefix):
             prefix, root = prefix + "/", prefix
-        found = await anyio.to_thread.run_sync(_walk, root or "/", prefix, recursive)
+        found = await _run(root or "/", _walk, root or "/", prefix, recursive)
         for i in range(0, len(found), _LIST_BATCH):
             for path, st in found[i:i + _LIST_BATCH]:
                 yield _info(path, st)
