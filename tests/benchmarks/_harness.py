@@ -169,7 +169,11 @@ def _run(target: str, params_file: str, timeout: float, env: dict[str, str] | No
     for line in out.splitlines():
         if line.startswith(_MARK):
             result = json.loads(line[len(_MARK):])
-    if proc.returncode != 0 or result is None:
+    if result is not None and proc.returncode != 0:
+        # it finished and reported, then died on the way out (seen: a Rust runtime's abort
+        # at interpreter exit): keep the figures, say so in the report
+        result["exit_code"] = proc.returncode
+    elif proc.returncode != 0 or result is None:
         tail = "\n".join(err.strip().splitlines()[-12:])
         why = "timed out" if time.monotonic() > deadline else f"exit {proc.returncode}"
         raise PeerError(f"{target} failed ({why}):\n{tail}")

@@ -158,9 +158,13 @@ def _verdict(target: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
         return out
     ratios = []
     for r in runs:
-        rivals = [speed(sc["unit"], o) for n in others for o in sc["runs"][n] if o["round"] == r["round"]]
-        if rivals:
-            ratios.append(speed(sc["unit"], r) / max(rivals))
+        rivals = {n: speed(sc["unit"], o) for n in others for o in sc["runs"][n]
+                  if o["round"] == r["round"]}
+        if len(rivals) == len(others):  # a round counts only if every rival ran in it
+            ratios.append(speed(sc["unit"], r) / max(rivals.values()))
+    if not ratios:
+        out.update(status="not run", why="no round in which every rival ran")
+        return out
     value = _median(ratios)
     out.update(value=value, against=others, status="met" if value >= target["goal"] else "not met")
     return out
@@ -214,6 +218,12 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _table(sc)
         for label, why in sc["pending"].items():
             lines.append(f"- {label}: pending: {why}")
+        for label, runs in sc["runs"].items():
+            bad = [r["exit_code"] for r in runs if r.get("exit_code")]
+            if bad:
+                lines.append(f"- {label}: the process exited with status {bad[0]} after "
+                             f"reporting its figures in {len(bad)} of {len(runs)} runs "
+                             "(the figures are kept).")
         for label, err in sc["errors"].items():
             first = err.strip().splitlines()[-1] if err.strip() else "failed"
             lines.append(f"- {label}: failed: `{first[:200]}`")
