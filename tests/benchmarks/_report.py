@@ -72,13 +72,16 @@ NOTES: dict[str, str] = {
         "when a dataset names s3:// URLs, so forked workers inherit it."
     ),
     "4": (
-        "Same per-worker S3 start-up as scenario 3 (the ais:// row, which has none, is "
-        "faster). Each shard is one GET, capped at the link's 100 MB/s per connection, with "
-        "prefetch=2 shards per worker; s3torchconnector's CRT fetches an object as parallel "
-        "8 MiB part GETs. In steady state ShardReader costs about 2 CPU-s/GB (the tar "
-        "parser and sample grouping in Python, the hand-off of batches to the consumer "
-        "thread). Proposal: read shards larger than part_size as parallel parts into the "
-        "parser's buffer."
+        "On 2 shared cores this scenario is CPU-bound for every peer (all parse tar in "
+        "Python), and aisio spends the most CPU per GB: about 3.9 CPU-s/GB against 3.3-3.6 "
+        "for the peers in the full run of November 2026. Of that, each worker's S3 start-up "
+        "(see scenario 3: about 0.45 CPU-s per worker; the ais:// row has none) and, in "
+        "steady state, about 2.1 CPU-s/GB in ShardReader itself (profiled in one process: "
+        "the tar decoder's header parsing and checksums, grouping, a copy of each member out "
+        "of the 1 MiB read buffer, the hand-off of batches to the consumer thread). The link "
+        "is not the limit: each shard is one GET at up to 100 MB/s, 2 shards in flight per "
+        "worker. Proposals: a leaner member path (no copy out of the read buffer for members "
+        "that fit it; checksums in one bytes.translate/sum pass) and the S3 start-up fix."
     ),
     "5": (
         "AsyncClient.get allocates twice per request (a zero-filled bytearray in "
