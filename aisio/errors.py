@@ -109,6 +109,17 @@ class ShardFormatError(AisioError, ValueError):
         super().__init__(message, url=url)
         self.offset = offset
 
+    def __str__(self) -> str:
+        # DataLoader workers re-raise errors from their text alone (attributes are lost):
+        # the text names the shard and the offset
+        text = super().__str__()
+        where = []
+        if self.url and self.url not in text:
+            where.append(self.url)
+        if self.offset is not None and f"byte {self.offset}" not in text:
+            where.append(f"at byte {self.offset}")
+        return f"{text} ({', '.join(where)})" if where else text
+
 
 class MissingDependencyError(AisioError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
