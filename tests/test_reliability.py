@@ -31,6 +31,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
 import aisio
@@ -825,3 +827,73 @@ async def test_listing_ten_thousand_objects_across_pages_under_faults(
         assert sum(1 for _ in client.list(prefix + "many/")) == count
     report(f"listing-{backend}", objects=count, pages=len(pages), faults=both.proxy.counts(),
            seconds=round(seconds, 1))
+
+
+# -- bad input: fuzzed and truncated shards never crash or hang a DataLoader worker --
+
+
+def _shard(seed: int) -> tuple[bytes, list[tuple[str, dict[str, bytes]]]]:
+    """A small webdataset shard and the samples it holds."""
+    import io
+    import tarfile
+
+    rng = random.Random(seed)
+    samples = [(f"k{i:02d}", {"txt": f"sample {i}".encode(), "bin": rng.randbytes(rng.randint(0, 3000))})
+               for i in range(6)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, sample in samples:
+            for ext, data in sample.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), samples
+
+
+_SHARD, _SAMPLES = _shard(0)
+
+
+@MANY_WORKERS
+@settings(max_examples=12, deadline=None)
+@given(cut=st.integers(0, len(_SHARD)),
+       flips=st.lists(st.tuples(st.integers(0, len(_SHARD) - 1), st.integers(1, 255)), max_size=3))
+def test_fuzzed_and_truncated_shards_never_crash_or_hang_a_dataloader_worker(
+    cut: int, flips: list[tuple[int, int]]
+) -> None:
+    from aisio.torch import ShardReader
+
+    data = bytearray(_SHARD[:cut])
+    for offset, mask in flips:
+        if offset < len(data):
+            data[offset] ^= mask
+    folder = Path(tempfile_dir()) / f"fuzz-{os.getpid()}-{next(_counter)}"
+    folder.mkdir()
+    (folder / "0.tar").write_bytes(bytes(data))
+    (folder / "1.tar").write_bytes(_SHARD)  # the shard after a bad one
+    loader = DataLoader(ShardReader(f"{folder}/", config=aisio.ClientConfig()), batch_size=None,
+                        num_workers=1, multiprocessing_context="fork", timeout=60,
+                        collate_fn=_identity)
+    got: list[tuple[str, dict[str, bytes]]] = []
+    try:
+        for key, sample in loader:
+            got.append((key, {k: v for k, v in sample.items() if v}))
+    except aisio.ShardFormatError as exc:  # re-raised from the worker, which is alive
+        assert "0.tar" in str(exc.url) or "0.tar" in str(exc)
+        good = len(got)
+    else:
+        good = len(got) - len(_SAMPLES)  # a corruption that still parses: both shards read
+        assert got[good:] == _SAMPLES
+    if not flips:  # a cut shard yields a prefix of its samples (the last perhaps partial)
+        whole = [s for s in got[:good] if s in _SAMPLES]
+        assert whole == _SAMPLES[:len(whole)] and len(whole) >= good - 1
+    del loader
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
