@@ -60,3 +60,15 @@ def bench(session: nox.Session) -> None:
                           "and try again")
     session.install(*INSTALL, ".[bench]")
     session.run("python", "-m", "tests.benchmarks.run", *(session.posargs or ["--quick"]))
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """The long reliability runs of docs/reliability.md (not run by default, ~5 minutes).
+
+    10,000 randomly faulted reads per backend and 20 GiB streamed through four DataLoader
+    workers; the default test run has their shorter variants. Figures are printed (-s).
+    """
+    session.install(*INSTALL, ".[test]")
+    session.run("python", "-m", "pytest", "-m", "reliability", "-s", "tests/test_faults.py",
+                "tests/test_reliability.py", *session.posargs)
