@@ -9,10 +9,13 @@ its GETs stop and their connections are closed.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
+import inspect
 import io
 import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future
@@ -29,7 +32,7 @@ from ._types import ObjectInfo
 from ._writer import AsyncWriter
 from .errors import ClosedError
 
-__all__ = ["Client", "Reader", "Writer", "run", "submit"]
+__all__ = ["Client", "Reader", "Writer", "call_soon", "run", "submit"]
 
 T = TypeVar("T")
 _LIST_BATCH = 1000
@@ -41,6 +44,7 @@ class _LoopThread(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="aisio-loop", daemon=True)
         self.portal: BlockingPortal | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -53,6 +57,7 @@ class _LoopThread(threading.Thread):
 
     async def _main(self) -> None:
         async with BlockingPortal() as portal:
+            self.loop = asyncio.get_running_loop()
             self.portal = portal
             self._ready.set()
             await portal.sleep_until_stopped()
@@ -126,15 +131,41 @@ def _wait(future: Future[T]) -> T:
         raise
 
 
-def _run_soon(fn: Callable[..., Awaitable[Any]], pid: int) -> None:
-    """Start ``fn()`` on the loop thread without waiting (cleanup from ``__del__``)."""
+def call_soon(fn: Callable[[], object], pid: int | None = None) -> None:
+    """Call ``fn()`` on the loop thread, starting it as a task if it returns an awaitable.
+
+    Never blocks (unlike a portal call, which waits for the loop to pick the task up), so
+    it is safe from ``__del__``, atexit and cleanup paths; a no-op in a forked child
+    (``pid`` of the creator differs), before the loop exists, or at interpreter shutdown.
+    """
     thread = _thread
-    if pid != os.getpid() or thread is None or thread.portal is None:
+    if (pid is not None and pid != os.getpid()) or thread is None or thread.loop is None:
         return
+    if sys.is_finalizing():
+        return
+
+    def start() -> None:
+        result = fn()
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            _BACKGROUND.add(task)
+            task.add_done_callback(_settle)
+
     if threading.current_thread() is thread:
+        start()
         return
-    with contextlib.suppress(RuntimeError):  # the portal stopped (interpreter shutdown)
-        thread.portal.start_task_soon(fn)
+    with contextlib.suppress(RuntimeError):  # the loop is closed
+        thread.loop.call_soon_threadsafe(start)
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+
+
+def _settle(task: asyncio.Future[Any]) -> None:
+    """Forget a finished background task; its error is cleanup's, already moot."""
+    _BACKGROUND.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 class Client:
@@ -263,7 +294,7 @@ class Reader(io.BufferedIOBase):
 
     def __del__(self) -> None:
         if not self._r.closed:
-            _run_soon(self._r.aclose, self._pid)
+            call_soon(self._r.aclose, self._pid)
 
     def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Like ``run``, but ``close()`` from another thread cancels the call."""
@@ -344,7 +375,7 @@ class Writer(io.BufferedIOBase):
 
     def __del__(self) -> None:
         if not self._w.closed:  # never completed: an abandoned upload must not appear
-            _run_soon(self._w.abort, self._pid)
+            call_soon(self._w.abort, self._pid)
 
     def __repr__(self) -> str:
         return f"<aisio.Writer {self._w.url}>"

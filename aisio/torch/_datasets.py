@@ -378,20 +378,7 @@ class _Epochs:
 
 def call_soon_on_loop(fn: Callable[[], object], pid: int) -> None:
     """Call ``fn()`` on this process's loop thread without waiting (cleanup paths)."""
-    if pid != os.getpid() or sys.is_finalizing():
-        return
-    thread = _bridge._thread
-    if thread is None or thread.portal is None:
-        return
-    if threading.current_thread() is thread:
-        fn()
-        return
-
-    async def call() -> None:
-        fn()
-
-    with contextlib.suppress(RuntimeError):  # the portal stopped (interpreter shutdown)
-        thread.portal.start_task_soon(call)
+    _bridge.call_soon(fn, pid)
 
 
 class Pipe(Generic[T]):
