@@ -16,7 +16,8 @@ EXPECTED = {
     "iterable_dataset.py": ["epoch 0: 200 objects, each once (True)",
                             "epoch 1: 200 objects, each once (True)", "AISIterDataset"],
     "shards.py": ["ShardReader: 400 samples", "keys ['cls', 'jpg', 'txt']", "MultiShardStream"],
-    "quickstart.py": ["done: objects are under"],
+    "quickstart.py": ["trained on 2048 samples from 8 shards with 2 workers",
+                      "weights identical: True", "done: objects are under"],
     "dcp_checkpoint.py": ["dcp.load: model restored (True)", "Checkpoint: torch.save/torch.load through",
                           "loaded by torch's FileSystemReader (True)"],
 }
