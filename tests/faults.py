@@ -53,7 +53,6 @@ __all__ = [
     "FaultProxy",
     "Rule",
     "fault_proxy",
-    "long_run",
     "proxied_ais",
 ]
 
@@ -789,14 +788,3 @@ def proxied_ais(proxy: FaultProxy, ais: Any, *, ssl: ssl.SSLContext | None = Non
     for i, target in enumerate(ais.target_urls):
         proxy.listen(target, f"t{i}", flavor="ais", ssl=ssl)
     return proxy.listen(ais.endpoint, "gateway", flavor="ais", ssl=ssl)
-
-
-def long_run(request: Any) -> None:
-    """Skip a ``reliability``-marked test unless ``-m`` selected that marker.
-
-    The default run keeps the shorter variants; ``nox -s reliability`` runs these.
-    """
-    import pytest
-
-    if "reliability" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("long variant: run with -m reliability (nox -s reliability)")

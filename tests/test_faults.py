@@ -29,7 +29,7 @@ import aisio
 from aisio import ReaderConstructor
 
 from .conftest import API
-from .faults import Chaos, Exchange, Fault, FaultProxy, fault_proxy, long_run, proxied_ais
+from .faults import Chaos, Exchange, Fault, FaultProxy, fault_proxy, proxied_ais
 
 KiB, MiB = 2**10, 2**20
 BUCKET = "aisio-test"
@@ -479,8 +479,7 @@ async def test_random_faults_every_read_is_exact_or_transient_error(rig: Rig) ->
 
 
 @pytest.mark.reliability
-async def test_random_faults_ten_thousand_reads(rig: Rig, request: pytest.FixtureRequest) -> None:
-    long_run(request)
+async def test_random_faults_ten_thousand_reads(rig: Rig) -> None:
     figures = await run_chaos(rig, 10_000, seed=12)
     report(f"chaos-long-{rig.name}", **figures)
 

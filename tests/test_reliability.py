@@ -39,7 +39,7 @@ import aisio
 from aisio import ReaderConstructor
 from aisio.testing import local_ais
 
-from .faults import Chaos, Fault, FaultProxy, fault_proxy, long_run, proxied_ais
+from .faults import Chaos, Fault, FaultProxy, fault_proxy, proxied_ais
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 BUCKET = "aisio-test"
@@ -461,10 +461,7 @@ def test_streaming_two_gib_through_four_workers_keeps_rss_bounded() -> None:
 
 @MANY_WORKERS
 @pytest.mark.reliability
-def test_streaming_twenty_gib_through_four_workers_keeps_rss_bounded(
-    request: pytest.FixtureRequest,
-) -> None:
-    long_run(request)
+def test_streaming_twenty_gib_through_four_workers_keeps_rss_bounded() -> None:
     figures = _stream_through_workers(20 * GiB, 256 * MiB)
     assert figures["streamed_gib"] == 20
     assert max(figures["worker_rss_growth_mib"]) < 64, figures
