@@ -249,8 +249,7 @@ async def read_object(aclient: AsyncClient, url: str, etl_name: str | None = Non
         await stream.open()  # the first response tells the size of the ETL's output
         buf = bytearray(max(stream.object_size, 0))
         got = await stream.fill(memoryview(buf))
-        del buf[got:]
-        return bytes(buf)
+        return bytes(memoryview(buf)[:got])  # not del buf[got:]: a view may linger
     finally:
         await stream.aclose()
 
