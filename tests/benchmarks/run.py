@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="slow link: bytes/s per connection")
     parser.add_argument("--data", default="", help="data folder (kept between runs)")
     parser.add_argument("--out", default="", help="where results.json/.md and chart.png go")
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-render results.md and chart.png from --out's results.json")
     args = parser.parse_args(argv)
     mode_name = args.mode or "quick"
     sizes = MODES[mode_name]
@@ -342,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         print("curl is not installed: scenario 1's curl reference is skipped", file=sys.stderr)
     data = Path(args.data or Path(os.environ.get("TMPDIR", "/tmp")) / "aisio-bench-data")
     out = Path(args.out or ROOT / "docs" / "benchmarks" / ("" if mode_name == "full" else "quick"))
+    if args.report_only:
+        return write_report(json.loads((out / "results.json").read_text()), out)
     ctx = Context(mode_name, sizes, data.resolve())
     ctx.data.mkdir(parents=True, exist_ok=True)
     prepare_data(ctx, which)
@@ -359,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     results["slow_link"]["proxy_stats"] = link_stats
     results["machine"]["load_average_end"] = os.getloadavg()
     results["seconds"] = time.monotonic() - started
+    return write_report(results, out)
+
+
+def write_report(results: dict[str, Any], out: Path) -> int:
+    """Medians, verdicts, then results.json, results.md and chart.png in ``out``."""
     _report.summarize(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
