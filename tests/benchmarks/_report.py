@@ -312,7 +312,7 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
         ax.set_xlabel(sc["unit"] + " (median; bars: min-max)", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"aisio benchmarks ({results['mode']} mode, {results['date']})", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / sum(heights)))  # room for the suptitle
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
