@@ -14,10 +14,11 @@ Concurrency is what decides throughput here, as on the real link.
 The proxy must not be the bottleneck it measures, so response bytes never enter Python:
 they move socket -> pipe -> socket with ``splice(2)`` (zero-copy), driven by level-
 triggered callbacks on a uvloop (or asyncio) event loop in a process of its own, so its
-CPU is not charged to the client under test. On the 2-core benchmark machine one proxy
-process sustains a few GB/s in aggregate (see ``measure_capacity`` and the figure the
-suite records in results.json); "what the link allows" at a given concurrency is
-``min(connections x rate, that capacity)``.
+CPU is not charged to the client under test. It costs about one CPU second per GB moved
+on the 2-core benchmark machine (each run's figure is in results.md), taken from the same
+cores as the client and nginx. "What the link allows" at a given concurrency is
+``min(connections x rate, what this machine can move through it)``; scenario 5 measures
+the second term with a raw-socket client that drops the bytes.
 
     with slow_link(["http://127.0.0.1:8080"], ttfb=0.02, rate=100e6) as [url]:
         ...   # GET url + "/bucket/key"
