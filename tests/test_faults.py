@@ -30,6 +30,7 @@ from aisio import ReaderConstructor
 
 from .conftest import API
 from .faults import Chaos, Exchange, Fault, FaultProxy, fault_proxy, proxied_ais
+from .shards import tar_bytes
 
 KiB, MiB = 2**10, 2**20
 BUCKET = "aisio-test"
@@ -496,19 +497,6 @@ def _as_list(batch: Any) -> Any:
     return batch
 
 
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 @WORKERS_WARNING
 def test_datasets_and_shards_in_workers_are_exact_under_faults(rig: Rig) -> None:
     from torch.utils.data import DataLoader
@@ -521,7 +509,7 @@ def test_datasets_and_shards_in_workers_are_exact_under_faults(rig: Rig) -> None
     objects = {f"ds/{i:03d}.bin": rng.randbytes(rng.randint(0, 400_000)) for i in range(40)}
     samples = {f"s{s}/k{i:02d}": {"txt": f"{s}-{i}".encode(), "bin": rng.randbytes(
         rng.randint(1, 50_000))} for s in range(6) for i in range(10)}
-    shards = {f"shards/{s}.tar": _tar([(f"{key}.{ext}", data)
+    shards = {f"shards/{s}.tar": tar_bytes([(f"{key}.{ext}", data)
                                        for key, sample in samples.items() if key[1] == str(s)
                                        for ext, data in sample.items()]) for s in range(6)}
     anyio.run(put_direct, rig, {**objects, **shards})

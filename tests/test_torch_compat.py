@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import collections
-import io
 import pickle
 import sys
-import tarfile
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -35,6 +33,8 @@ from aisio.torch.compat import (
 )
 from tests.conftest import Store, make_store
 
+from .shards import tar_bytes
+
 REGION = "us-east-1"
 
 
@@ -50,16 +50,6 @@ def fill(store: Store, count: int = 12, folder: str = "d/") -> dict[str, bytes]:
 
 def read_key(reader: Any) -> tuple[str, bytes]:
     return reader.key, reader.read()
-
-
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def bucket_url(store: Store) -> str:

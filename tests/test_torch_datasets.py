@@ -17,6 +17,8 @@ from aisio.torch import DynamicBatchSampler, IterableDataset, MapDataset, Object
 from aisio.torch._datasets import Shard
 from tests.conftest import Store, make_store
 
+from .shards import tar_bytes
+
 # 4 workers on a 2-core machine: torch's advice, not a failure
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 
@@ -223,21 +225,9 @@ def test_spawned_workers(request: pytest.FixtureRequest, context: str) -> None:
 
     with aisio.Client(store.config) as client:
         for s in range(3):
-            client.put(store.url(f"shards/{s}.tar"), tar_of([(f"k{s}.txt", b"t"), (f"k{s}.x", b"")]))
+            client.put(store.url(f"shards/{s}.tar"), tar_bytes([(f"k{s}.txt", b"t"), (f"k{s}.x", b"")]))
     reader = ShardReader(store.url("shards/"), config=store.config)
     assert sorted(key for key, _ in loader(reader, 2, context)) == ["k0", "k1", "k2"]
-
-
-def tar_of(members: list[tuple[str, bytes]]) -> bytes:
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_dataset_pickles_without_live_state(store: Store) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import collections
-import io
 import os
 import pickle
-import tarfile
 from typing import Any
 
 import pytest
@@ -17,6 +15,8 @@ import aisio
 from aisio.errors import ShardFormatError
 from aisio.torch import MultiShardStream, ShardReader, ZeroDict
 from tests.conftest import Store, make_store
+
+from .shards import tar_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 
@@ -135,16 +135,6 @@ def test_shard_shuffle_is_deterministic(shards_store: Store) -> None:
 
     assert order(0) == order(0) != order(1)
     assert sorted(order(0)) == [f"dir/s{s}/x_000" for s in range(8)]
-
-
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_truncated_and_corrupt_shards_raise_after_the_shards_before(store: Store) -> None:
