@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from ._backends import Backend, create_backend
-from ._buffers import writable_view
+from ._buffers import bytes_of, fresh_bytes, writable_view
 from ._config import ClientConfig
 from ._engine import Engine, Statistics
 from ._readers import AsyncReader, ReaderConstructor
@@ -84,8 +84,9 @@ class AsyncClient:
 
     async def get(self, url: object, start: int = 0, end: int | None = None) -> bytes:
         """The object's bytes, or those of [start, end) (``end`` exclusive)."""
-        view = await self.get_view(url, start, end)
-        return view.tobytes()
+        loc, backend = self._object(url)
+        view, _, _ = await self._engine.read(backend, loc, start, end, alloc=fresh_bytes)
+        return bytes_of(view)
 
     async def get_view(self, url: object, start: int = 0, end: int | None = None) -> memoryview:
         """Like ``get`` but without the final copy into ``bytes``: a view of a fresh buffer."""

@@ -367,6 +367,7 @@ class Response:
         "reason",
         "status",
         "url",
+        "waited",
     )
 
     def __init__(
@@ -385,6 +386,7 @@ class Response:
         self.headers = headers
         self.content_length = content_length
         self.url = conn.where  # redacted: scheme://host:port/path
+        self.waited = 0.0  # seconds from sending the request to its head: how near the server is
         self._pool = pool
         self._conn: _Conn | None = conn
         self._mode = mode
@@ -707,6 +709,7 @@ class HTTPPool:
     async def _exchange(
         self, conn: _Conn, method: str, head: bytes, body: bytes | memoryview | None
     ) -> Response:
+        sent = conn._loop.time()
         conn.send(head, body)
         await conn.drain()
         while True:
@@ -731,7 +734,9 @@ class HTTPPool:
             mode = _LENGTH
         else:
             mode, keep = _CLOSE, False
-        return Response(self, conn, status, reason, headers, length, mode, keep)
+        response = Response(self, conn, status, reason, headers, length, mode, keep)
+        response.waited = conn._loop.time() - sent
+        return response
 
 
 def _byte_view(buffer: Any) -> memoryview:

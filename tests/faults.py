@@ -309,6 +309,12 @@ class FaultProxy:
             for listener in self.listeners.values():
                 listener.max_open = listener.open
 
+    def reset_peaks(self) -> None:
+        """Start ``max_open`` over from the connections open now (rules stay)."""
+        with self._lock:
+            for listener in self.listeners.values():
+                listener.max_open = listener.open
+
     def url(self, name: str) -> str:
         return self.listeners[name].url
 

@@ -38,6 +38,19 @@ async def test_put_then_get_whole_and_ranges(api: API, store: Store) -> None:
     assert await api.get(url, 10, 10) == b""
 
 
+@pytest.mark.parametrize("size", [100, 1 * MiB + 5])
+async def test_get_returns_independent_immutable_bytes(api: API, store: Store, size: int) -> None:
+    """Large bodies land straight in the ``bytes`` object returned: each one its own."""
+    url = store.url("own.bin")
+    await api.put(url, payload(size, seed=3))
+    first, second = await api.get(url), await api.get(url)
+    assert type(first) is bytes and type(second) is bytes
+    assert first == second == payload(size, seed=3) and first is not second
+    assert hash(first) == hash(payload(size, seed=3))
+    await api.put(url, payload(size, seed=4))
+    assert await api.get(url) == payload(size, seed=4) and first == payload(size, seed=3)
+
+
 async def test_large_get_is_split_into_parallel_parts(api: API, store: Store) -> None:
     data = payload(12 * MiB + 3, seed=1)
     url = store.url("big.bin")

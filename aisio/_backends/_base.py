@@ -37,6 +37,10 @@ class Body(Protocol):
     def etag(self) -> str | None:
         """The object's ETag (or the store's version tag), pinned by resumed reads."""
 
+    @property
+    def latency(self) -> float:
+        """Seconds from sending the request to its response head; 0 for local files."""
+
     async def readinto(self, view: memoryview) -> int:
         """Fill up to ``len(view)`` bytes; 0 means the body ended."""
 
@@ -98,6 +102,7 @@ class HTTPBody:
         self._response = response
         self.object_size = object_size
         self.etag = etag
+        self.latency = response.waited
 
     async def readinto(self, view: memoryview) -> int:
         return await self._response.readinto(view)

@@ -113,6 +113,7 @@ class _EmptyBody:
     def __init__(self, object_size: int, etag: str | None) -> None:
         self.object_size = object_size
         self.etag = etag
+        self.latency = 0.0
 
     async def readinto(self, view: memoryview) -> int:
         return 0

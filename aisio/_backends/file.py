@@ -67,6 +67,7 @@ class _FileBody:
     def __init__(self, fd: int, start: int, end: int, st: os.stat_result) -> None:
         self._fd, self._pos, self._end = fd, start, end
         self.object_size, self.etag = st.st_size, _etag(st)
+        self.latency = 0.0
 
     async def readinto(self, view: memoryview) -> int:
         if self._fd < 0:
