@@ -8,10 +8,8 @@ first response, so a retried read never refetches bytes nor mixes object version
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import NoReturn
 
 import anyio
@@ -24,7 +22,7 @@ from ._retry import RetryPolicy, is_transient, retry_after_of
 from ._url import Location, redact
 from .errors import ObjectChangedError, ObjectNotFoundError, RangeError, TransientError
 
-__all__ = ["Engine", "ReadAhead", "Statistics", "Stream"]
+__all__ = ["Engine", "Statistics", "Stream"]
 
 _DISCARD = 2**20  # scratch for the gap bytes a coalesced GET reads between segments
 _FANOUT = 16  # parts of one read in flight at once from a near server
@@ -67,10 +65,6 @@ class Engine:
     ) -> Stream:
         """A resumable GET of [start, end); opened on the first read."""
         return Stream(self, backend, loc, start, end, etag)
-
-    def read_ahead(self, backend: Backend, loc: Location, size: int, depth: int = 4) -> ReadAhead:
-        """A front-to-back read of a ``size``-byte object, ``depth`` parts fetched ahead in parallel."""
-        return ReadAhead(self, backend, loc, size, depth)
 
     async def read(
         self, backend: Backend, loc: Location, start: int = 0, end: int | None = None,
@@ -370,118 +364,3 @@ class Stream:
 
     async def aclose(self) -> None:
         await self._drop()
-
-
-class _Part:
-    """One part of a ReadAhead: its place in the object, its buffer, and how its GET ended."""
-
-    __slots__ = ("buffer", "done", "error", "offset", "taken", "whole")
-
-    def __init__(self, offset: int, whole: memoryview, size: int) -> None:
-        self.offset, self.whole, self.buffer = offset, whole, whole[:size]
-        self.taken = 0  # bytes the reader has copied out
-        self.done = anyio.Event()
-        self.error: BaseException | None = None
-
-
-class ReadAhead:
-    """A front-to-back read of a whole object whose next parts are fetched in parallel.
-
-    A single GET runs at one connection's speed (about 100 MB/s to S3); this keeps
-    ``depth`` part-sized GETs in flight ahead of the reader, so a tar shard streams at
-    several connections' speed while memory stays at ``depth`` parts. ``size`` comes from
-    a listing (-1: unknown, the first part tells it before the others start); each part
-    checks it and the first answer's ETag, so a replaced object fails with
-    ObjectChangedError instead of mixing versions. Use as ``async with``.
-    """
-
-    def __init__(self, engine: Engine, backend: Backend, loc: Location, size: int, depth: int) -> None:
-        self._engine, self._backend, self.loc = engine, backend, loc
-        self.object_size = size
-        self._depth = max(1, depth)
-        self._part = engine.config.part_size
-        self._parts: deque[_Part] = deque()
-        self._spare: list[memoryview] = []
-        self._next = 0  # offset of the next part to schedule
-        self._etag: str | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
-
-    async def __aenter__(self) -> ReadAhead:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._schedule()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()  # parts not read yet are not wanted
-        try:
-            return await self._tg.__aexit__(kind, exc, tb)
-        finally:
-            self._parts.clear()
-            self._spare.clear()
-
-    def _schedule(self) -> None:
-        assert self._tg is not None
-        if self.object_size < 0:  # unknown: the first part alone, to learn it
-            if not self._parts:
-                part = _Part(0, memoryview(bytearray(self._part)), self._part)
-                self._parts.append(part)
-                self._tg.start_soon(self._get, part)
-            return
-        while len(self._parts) < self._depth and self._next < self.object_size:
-            n = min(self._part, self.object_size - self._next)
-            whole = self._spare.pop() if self._spare else memoryview(bytearray(self._part))
-            part = _Part(self._next, whole, n)
-            self._parts.append(part)
-            self._next += n
-            self._tg.start_soon(self._get, part)
-
-    async def _get(self, part: _Part) -> None:
-        loc = self.loc
-        try:
-            if self.object_size < 0:
-                part.buffer, size, self._etag = await self._engine.read(
-                    self._backend, loc, 0, into=part.whole)
-                self.object_size = size
-                self._next = len(part.buffer)
-                self._schedule()
-                return
-            # the first answer pins the version; the others start before it
-            # and are checked against it when they end
-            _, size, etag = await self._engine.read(
-                self._backend, loc, part.offset, part.offset + len(part.buffer), into=part.buffer,
-                etag=self._etag)
-            if self._etag is None:
-                self._etag = etag
-            if size != self.object_size or (etag is not None and etag != self._etag):
-                raise ObjectChangedError(f"{loc.url} changed while it was read", url=loc.url)
-        except RangeError as exc:  # shorter than listed: replaced since
-            part.error = ObjectChangedError(f"{loc.url} changed since it was listed", url=loc.url)
-            part.error.__cause__ = exc
-        except Exception as exc:
-            part.error = exc
-        finally:
-            part.done.set()
-
-    async def readinto(self, view: memoryview) -> int:
-        """Copy the next bytes into ``view``; 0 at the end of the object."""
-        if not self._parts or not view:
-            return 0
-        part = self._parts[0]
-        await part.done.wait()
-        if part.error is not None:
-            raise part.error
-        n = min(len(view), len(part.buffer) - part.taken)
-        view[:n] = part.buffer[part.taken : part.taken + n]
-        part.taken += n
-        if part.taken == len(part.buffer):
-            self._parts.popleft()
-            self._spare.append(part.whole)
-            self._schedule()
-        return n
-
-    async def aclose(self) -> None:
-        """Nothing to do: leaving the ``async with`` stops the parts in flight."""

@@ -518,54 +518,6 @@ def _as_list(batch: Any) -> Any:
     return batch
 
 
-def _shard(seed: int, count: int = 12) -> tuple[dict[str, dict[str, bytes]], bytes]:
-    rng = random.Random(seed)
-    samples = {f"k{i:02d}": {"bin": rng.randbytes(50_000)} for i in range(count)}
-    return samples, tar_bytes([(f"{key}.bin", s["bin"]) for key, s in samples.items()])
-
-
-def test_shard_parts_are_fetched_ahead_in_parallel(rig: Rig) -> None:
-    """One shard of ten 64 KiB parts: several GETs at once, bytes delivered in order."""
-    from aisio.torch import ShardReader
-
-    samples, shard = _shard(31)
-    anyio.run(put_direct, rig, {"ahead/0.tar": shard})
-    rig.proxy.add(Fault("delay", seconds=0.05), times=-1, upstream=rig.data_upstream,
-                  path=rig.key("ahead/0.tar"))
-    reader = ShardReader(rig.url("ahead/0.tar"), config=rig.config(part_size=64 * KiB), prefetch=1)
-    rig.proxy.reset_peaks()
-    assert {key: dict(sample) for key, sample in reader} == samples
-    assert sum(rig.proxy.max_open(n) for n in rig.proxy.listeners if n.startswith(rig.data_upstream)) >= 4
-    assert len(rig.data_gets("ahead/0.tar")) == -(-len(shard) // (64 * KiB))
-
-
-def test_shard_replaced_while_its_parts_are_read_ahead_is_detected(rig: Rig) -> None:
-    """Two parts start at once; they are checked against one version (none is pinned yet)."""
-    from aisio.torch import ShardReader
-
-    (_, old), (_, new) = _shard(32), _shard(33)
-    part = 512 * KiB
-    assert len(old) == len(new) and part < len(old) <= 2 * part
-    anyio.run(put_direct, rig, {"swap/0.tar": old})
-    key = rig.key("swap/0.tar")
-
-    def overwrite_once_part_0_was_served() -> None:
-        deadline = time.monotonic() + 10
-        while not any(x.range == f"bytes=0-{part - 1}" and x.stage != "forwarded"
-                      for x in rig.proxy.snapshot()) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        rig.overwrite("swap/0.tar", new)
-
-    # part 0 comes old but late; part 1 new and first
-    rig.proxy.add(Fault("delay", seconds=0.3), upstream=rig.data_upstream, path=key, range="bytes=0-")
-    rig.proxy.add(Fault("delay", seconds=0.01), upstream=rig.data_upstream, path=key,
-                  range=f"bytes={part}-", hook=overwrite_once_part_0_was_served)
-    # listed, so its size is known and both parts start before either answers
-    reader = ShardReader(rig.url("swap/"), config=rig.config(part_size=part), prefetch=1)
-    with pytest.raises(aisio.ObjectChangedError, match=r"swap/0\.tar"):
-        list(reader)
-
-
 @WORKERS_WARNING
 def test_datasets_and_shards_in_workers_are_exact_under_faults(rig: Rig) -> None:
     from torch.utils.data import DataLoader

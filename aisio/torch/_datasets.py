@@ -29,7 +29,6 @@ import sys
 import threading
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
@@ -47,7 +46,7 @@ from .. import _bridge
 from .._bridge import Client, Reader, run
 from .._client import AsyncClient
 from .._config import ClientConfig
-from .._engine import ReadAhead, Stream, _first_error
+from .._engine import Stream, _first_error
 from .._readers import AsyncReader, ReaderConstructor
 from .._types import ObjectInfo
 from .._url import Location, parse_url
@@ -69,7 +68,6 @@ __all__ = [
     "open_stream",
     "read_object",
     "resolve_shard",
-    "shard_source",
 ]
 
 T = TypeVar("T")
@@ -240,23 +238,6 @@ def open_stream(aclient: AsyncClient, url: str, etl_name: str | None = None) -> 
                 url=loc.url)
         backend = cast("Backend", _EtlBackend(backend, etl_name))
     return aclient._engine.stream(backend, loc)
-
-
-@contextlib.asynccontextmanager
-async def shard_source(aclient: AsyncClient, info: ObjectInfo, etl_name: str | None = None
-                       ) -> AsyncIterator[Stream | ReadAhead]:
-    """The bytes of a shard front to back, parts fetched ahead in parallel (one GET runs at one
-    connection's speed); an ETL's output, of unknown size, as one resumable GET."""
-    if etl_name:
-        stream = open_stream(aclient, info.url, etl_name)
-        try:
-            yield stream
-        finally:
-            await stream.aclose()
-        return
-    loc, backend = aclient.backend(info.url)
-    async with aclient._engine.read_ahead(backend, loc, info.size) as ahead:
-        yield ahead
 
 
 async def read_object(aclient: AsyncClient, url: str, etl_name: str | None = None) -> bytes:

@@ -1,8 +1,7 @@
 """Tar shards streamed from object storage: webdataset samples, and zipped member streams.
 
-Each shard is read front to back with its next parts fetched in parallel (``ReadAhead``;
-an ETL's output: one resumable GET), through a 1 MiB buffer into the streaming tar
-parser, on the loop thread; no shard is held whole. ``prefetch`` shards are
+Each shard is one resumable GET (``Stream``) read through a 1 MiB buffer into the
+streaming tar parser, on the loop thread; no shard is held whole. ``prefetch`` shards are
 read at once (the current one and the next), each into a small bounded queue, and their
 items reach the sync iterator in shard order, in batches. An error in a prefetched shard
 surfaces only after every item of the shards before it.
@@ -28,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._bridge import Client, run
 from .._client import AsyncClient
 from .._config import ClientConfig
-from .._engine import ReadAhead, Stream
+from .._engine import Stream
 from .._types import ObjectInfo
 from .._url import parse_url
 from ._datasets import (
@@ -40,9 +39,9 @@ from ._datasets import (
     _url_text,
     client_for,
     list_entries,
+    open_stream,
     resolve_shard,
     select,
-    shard_source,
 )
 from ._progress import Progress
 from ._tar import Member, Sample, aiter_members, aiter_samples
@@ -56,9 +55,9 @@ _LOOKAHEAD_BYTES = 16 * 2**20  # the first-samples look-ahead stops at this many
 
 
 class _Buffered:
-    """Small reads (tar headers, small members) served from 1 MiB reads of a shard's bytes."""
+    """Small reads (tar headers, small members) served from 1 MiB reads of a Stream."""
 
-    def __init__(self, stream: Stream | ReadAhead) -> None:
+    def __init__(self, stream: Stream) -> None:
         self._stream = stream
         self._buf = memoryview(bytearray(_CHUNK))
         self._start = self._end = 0
@@ -163,13 +162,21 @@ class _ShardSet(_Epochs):
     async def _read_shard(self, aclient: AsyncClient, info: ObjectInfo,
                           send: MemoryObjectSendStream[Any]) -> None:
         async with send:
+            stream: Stream | None = None
+            members: AsyncGenerator[Member] | None = None
             try:
-                async with shard_source(aclient, info, self.etl_name) as source:
-                    members = cast(AsyncGenerator[Member], aiter_members(_Buffered(source), info.url))
-                    async with contextlib.aclosing(members), \
-                            contextlib.aclosing(self._shard_items(members, info.url)) as items:
+                try:
+                    stream = open_stream(aclient, info.url, self.etl_name)
+                    members = cast(AsyncGenerator[Member],
+                                   aiter_members(_Buffered(stream), info.url))
+                    async with contextlib.aclosing(self._shard_items(members, info.url)) as items:
                         async for item in items:
                             await send.send(item)
+                finally:
+                    if members is not None:
+                        await members.aclose()
+                    if stream is not None:
+                        await stream.aclose()
             except anyio.BrokenResourceError:
                 return  # the consumer went away
             except Exception as exc:

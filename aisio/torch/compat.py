@@ -40,8 +40,8 @@ from ._datasets import (
     Shard,
     _url_text,
     client_for,
+    open_stream,
     read_object,
-    shard_source,
 )
 from ._sampler import DynamicBatchSampler
 from ._shards import MultiShardStream, ShardReader, _Buffered
@@ -604,9 +604,12 @@ class AISShardReader(ShardReader):
         async def count() -> int:
             total = 0
             for info in infos:
-                async with shard_source(aclient, info, self.etl_name) as source:
-                    async for _ in aiter_members(_Buffered(source), info.url):
+                stream = open_stream(aclient, info.url, self.etl_name)
+                try:
+                    async for _ in aiter_members(_Buffered(stream), info.url):
                         total += 1
+                finally:
+                    await stream.aclose()
             return total
 
         return run(count)
