@@ -3,8 +3,10 @@
 aiobotocore brings signing, the credential chain, regions and endpoints, and does every
 control request. Data GETs go through aisio's zero-copy pool (``aisio._http``) with a
 presigned URL per object, because aiobotocore's body reads (aiohttp, then a copy) run
-at about half the speed of the socket. Retries are ours (``aisio._retry``), so
-botocore's own are off and one policy governs every request.
+at about half the speed of the socket. With explicit keys and a plain endpoint, those
+URLs are signed here (``_sigv4``), so a reading process never imports botocore.
+Retries are ours (``aisio._retry``), so botocore's own are off and one policy governs
+every request.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -34,6 +37,7 @@ from ..errors import (
     RequestError,
 )
 from ._base import HTTPBody, check_range, object_size_of, untrusted_certificate
+from ._sigv4 import Signer, plain_bucket
 
 __all__ = ["S3Backend"]
 
@@ -132,6 +136,33 @@ def _xml_field(body: bytes, name: str) -> str | None:
     return match.group(1).decode("utf-8", "replace") if match else None
 
 
+def _plain_signer(config: ClientConfig) -> Signer | None:
+    """A signer of our own when the keys are given and the endpoint is plain; else None.
+
+    Plain: a path-style endpoint_url with no path of its own, or AWS itself in a known
+    region outside China. The credential chain, profiles, requester pays, unsigned
+    access and custom virtual-host endpoints stay with botocore.
+    """
+    opts = config.s3
+    if not (opts.access_key_id and opts.secret_access_key) or opts.unsigned or opts.requester_pays:
+        return None
+    if opts.endpoint_url:
+        if not opts.force_path_style or urlsplit(opts.endpoint_url).path not in ("", "/"):
+            return None
+        region = opts.region or "us-east-1"
+    elif not opts.region or opts.region.startswith("cn-"):
+        return None
+    else:
+        region = opts.region
+    return Signer(opts.access_key_id, opts.secret_access_key, region, opts.session_token)
+
+
+def _origin(endpoint: str) -> str:
+    """scheme://host[:port] as the Host header will carry it (default port dropped)."""
+    scheme, _, _, authority, _, _ = _http._split_url(endpoint.rstrip("/") + "/")
+    return f"{scheme}://{authority}"
+
+
 class _S3Upload:
     """An S3 multipart upload; part ETags are collected for completion."""
 
@@ -184,6 +215,20 @@ class S3Backend:
         # presigned GET URLs by (bucket, key): signing once per object, not per range
         self._signed: collections.OrderedDict[tuple[str, str], tuple[str, float]] = (
             collections.OrderedDict())
+        self._signer = _plain_signer(config)
+
+    def _plain_url(self, loc: Location) -> tuple[str, str] | None:
+        """(scheme://host, path) of the object when aisio signs it itself, else None."""
+        opts = self._config.s3
+        if self._signer is None:
+            return None
+        if opts.endpoint_url:
+            return _origin(opts.endpoint_url), f"/{loc.bucket}/{loc.key}"
+        if opts.force_path_style:
+            return f"https://s3.{opts.region}.amazonaws.com", f"/{loc.bucket}/{loc.key}"
+        if plain_bucket(loc.bucket):
+            return f"https://{loc.bucket}.s3.{opts.region}.amazonaws.com", f"/{loc.key}"
+        return None
 
     async def _client(self) -> Any:
         if self._s3 is not None:
@@ -276,12 +321,17 @@ class S3Backend:
         if hit is not None and hit[1] > now:
             self._signed.move_to_end(key)
             return hit[0]
-        client = await self._client()
-        params: dict[str, Any] = {"Bucket": loc.bucket, "Key": loc.key}
-        if self._config.s3.requester_pays:
-            params["RequestPayer"] = "requester"
-        url = str(await client.generate_presigned_url(
-            "get_object", Params=params, ExpiresIn=_PRESIGN_SECONDS))
+        plain = self._plain_url(loc)
+        if plain is not None:
+            assert self._signer is not None
+            url = self._signer.presign_get(*plain, _PRESIGN_SECONDS)
+        else:
+            client = await self._client()
+            params: dict[str, Any] = {"Bucket": loc.bucket, "Key": loc.key}
+            if self._config.s3.requester_pays:
+                params["RequestPayer"] = "requester"
+            url = str(await client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=_PRESIGN_SECONDS))
         self._signed[key] = (url, now + _PRESIGN_SECONDS / 2)
         while len(self._signed) > _PRESIGN_CACHE:
             self._signed.popitem(last=False)
