@@ -30,13 +30,21 @@ def write_checkpoint(folder: str, size: int) -> dict[str, Any]:
     path = Path(folder)
     stamp = path / "bench-checksums.json"
     if stamp.exists():
-        return dict(json.loads(stamp.read_text()))
+        info = dict(json.loads(stamp.read_text()))
+        if len(info["files"]) == FILES:
+            return info
+        for old in path.glob("*.distcp"):  # an older layout (one file per tensor)
+            old.unlink()
+        (path / ".metadata").unlink(missing_ok=True)
     gen = torch.Generator().manual_seed(0)
     numel = size // TENSORS // 4
     sd = {f"layer{i:03d}.weight": torch.rand(numel, generator=gen) for i in range(TENSORS)}
-    dcp.save(sd, storage_writer=dcp.FileSystemWriter(str(path), single_file_per_rank=False,
+    # one file per writer thread: FILES files, as the checkpoint has
+    dcp.save(sd, storage_writer=dcp.FileSystemWriter(str(path), single_file_per_rank=True,
                                                       thread_count=FILES))
     files = sorted(p.name for p in path.glob("*.distcp"))
+    if len(files) != FILES:
+        raise RuntimeError(f"expected {FILES} checkpoint files, got {len(files)}")
     info = {"numel": numel, "files": files,
             "sums": {k: float(v.double().sum()) for k, v in sd.items()}}
     stamp.write_text(json.dumps(info))
