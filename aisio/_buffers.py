@@ -13,9 +13,11 @@ __all__ = ["bytes_of", "fresh_bytes", "fresh_bytes_view", "writable_view"]
 
 _FILL_BYTES = sys.implementation.name == "cpython"
 _FILL_MIN = 64 * 1024  # below this a bytearray and one copy cost less than the ctypes calls
-_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
-_new_bytes.restype = ctypes.py_object
-_new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+_new_bytes: Any = None
+if _FILL_BYTES:
+    _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+    _new_bytes.restype = ctypes.py_object
+    _new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
 _PREFAULT_MIN = 512 * 1024  # below this a thread hop costs more than the page faults it moves
 _PAGE = 4096
 _MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault a range in with one call
