@@ -685,13 +685,7 @@ async def _copy_body(reader: asyncio.StreamReader, write: Callable[[bytes], Any]
                      chunked: bool) -> None:
     """Forward one body, Content-Length or chunked (raw framing bytes included)."""
     if not chunked:
-        left = length
-        while left:
-            data = await reader.read(min(left, _CHUNK))
-            if not data:
-                raise asyncio.IncompleteReadError(b"", left)
-            left -= len(data)
-            await write(data)
+        await _copy_exactly(reader, write, length)
         return
     while True:
         line = await reader.readuntil(b"\r\n")
@@ -703,13 +697,17 @@ async def _copy_body(reader: asyncio.StreamReader, write: Callable[[bytes], Any]
                 await write(trailer)
                 if trailer == b"\r\n":
                     return
-        left = size + 2
-        while left:
-            data = await reader.read(min(left, _CHUNK))
-            if not data:
-                raise asyncio.IncompleteReadError(b"", left)
-            left -= len(data)
-            await write(data)
+        await _copy_exactly(reader, write, size + 2)  # the chunk and its CRLF
+
+
+async def _copy_exactly(reader: asyncio.StreamReader, write: Callable[[bytes], Any], n: int) -> None:
+    """Forward exactly ``n`` bytes; IncompleteReadError if the sender stops short."""
+    while n:
+        data = await reader.read(min(n, _CHUNK))
+        if not data:
+            raise asyncio.IncompleteReadError(b"", n)
+        n -= len(data)
+        await write(data)
 
 
 async def _hold(reader: asyncio.StreamReader, seconds: float) -> bool:

@@ -24,7 +24,7 @@ _DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 
 def plain_bucket(bucket: str) -> bool:
     """Can the bucket be a virtual host's first label (no dots, no upper case)?"""
-    return _DNS_BUCKET.fullmatch(bucket) is not None and "--" not in bucket[:4]
+    return _DNS_BUCKET.fullmatch(bucket) is not None and not bucket.startswith("xn--")
 
 
 def _hmac(key: bytes, text: str) -> bytes:

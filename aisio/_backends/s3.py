@@ -216,18 +216,22 @@ class S3Backend:
         self._signed: collections.OrderedDict[tuple[str, str], tuple[str, float]] = (
             collections.OrderedDict())
         self._signer = _plain_signer(config)
+        opts = config.s3
+        # path-style origin for our own signing (None: AWS virtual hosts, per bucket)
+        self._origin: str | None = None
+        if opts.endpoint_url:
+            self._origin = _origin(opts.endpoint_url)
+        elif opts.force_path_style:
+            self._origin = f"https://s3.{opts.region}.amazonaws.com"
 
     def _plain_url(self, loc: Location) -> tuple[str, str] | None:
         """(scheme://host, path) of the object when aisio signs it itself, else None."""
-        opts = self._config.s3
         if self._signer is None:
             return None
-        if opts.endpoint_url:
-            return _origin(opts.endpoint_url), f"/{loc.bucket}/{loc.key}"
-        if opts.force_path_style:
-            return f"https://s3.{opts.region}.amazonaws.com", f"/{loc.bucket}/{loc.key}"
+        if self._origin is not None:
+            return self._origin, f"/{loc.bucket}/{loc.key}"
         if plain_bucket(loc.bucket):
-            return f"https://{loc.bucket}.s3.{opts.region}.amazonaws.com", f"/{loc.key}"
+            return f"https://{loc.bucket}.s3.{self._config.s3.region}.amazonaws.com", f"/{loc.key}"
         return None
 
     async def _client(self) -> Any:

@@ -387,6 +387,15 @@ def _name(url: str) -> str:
     return parse_url(url).key
 
 
+def _sources_of_this_worker(groups: list[list[Entry]], by_worker: bool) -> list[Entry] | None:
+    """With ``partition_sources_by_worker``, a DataLoader worker's whole sources (the SDK's
+    split); None to share objects out as usual."""
+    info = torch.utils.data.get_worker_info()
+    if not by_worker or info is None or info.num_workers <= 1:
+        return None
+    return [entry for group in groups[info.id::info.num_workers] for entry in group]
+
+
 @dataclass(frozen=True)
 class _Props:
     size: int
@@ -479,11 +488,8 @@ class AISBaseIterDataset(IterableDataset, abc.ABC):
         self._obj_iterator: Iterator[AISObject] | None = None
 
     def _plan(self) -> tuple[list[Entry], Shard]:
-        info = torch.utils.data.get_worker_info()
-        if self._partition_sources_by_worker and info is not None and info.num_workers > 1:
-            mine = self._groups[info.id::info.num_workers]
-            return [entry for group in mine for entry in group], Shard()
-        return super()._plan()
+        mine = _sources_of_this_worker(self._groups, self._partition_sources_by_worker)
+        return (mine, Shard()) if mine is not None else super()._plan()
 
     def _create_objects_iter(self, entries: list[Entry] | None = None) -> Iterator[AISObject]:
         """Every object of the given entries (default: all), listed lazily."""
@@ -567,11 +573,8 @@ class AISShardReader(ShardReader):
         self._partition_sources_by_worker = partition_sources_by_worker
 
     def _plan(self) -> tuple[list[Entry], Shard]:
-        info = torch.utils.data.get_worker_info()
-        if self._partition_sources_by_worker and info is not None and info.num_workers > 1:
-            mine = self._groups[info.id::info.num_workers]
-            return [entry for group in mine for entry in group], Shard()
-        return super()._plan()
+        mine = _sources_of_this_worker(self._groups, self._partition_sources_by_worker)
+        return (mine, Shard()) if mine is not None else super()._plan()
 
     async def _shard_items(self, members: AsyncGenerator[Member], url: str
                            ) -> AsyncGenerator[Any]:

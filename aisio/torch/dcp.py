@@ -93,12 +93,23 @@ def _metadata_name(rank: int | None) -> str:
     return _METADATA if rank is None else f"__{rank}{_METADATA}"
 
 
-def _valid_url(checkpoint_id: str | os.PathLike[str]) -> bool:
-    try:
-        parse_url(checkpoint_id)
-    except InvalidURLError:
-        return False
-    return True
+class _CheckpointURL:
+    """What DCP asks of a storage reader or writer about where the checkpoint lives."""
+
+    url: str
+
+    @property
+    def checkpoint_id(self) -> str:
+        """The checkpoint's URL."""
+        return self.url
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        try:
+            parse_url(checkpoint_id)
+        except InvalidURLError:
+            return False
+        return True
 
 
 def _done(value: Any) -> Future[Any]:
@@ -272,7 +283,7 @@ def _savable(data: Any) -> torch.Tensor:
     return tensor
 
 
-class StorageWriter(_storage.StorageWriter):
+class StorageWriter(_CheckpointURL, _storage.StorageWriter):
     """Saves a DCP checkpoint to a URL folder (``s3://``, ``ais://``, ``file://`` or a path).
 
     Each rank writes one object per thread bucket, named ``{prefix}{n}.distcp`` as torch's
@@ -312,15 +323,6 @@ class StorageWriter(_storage.StorageWriter):
     def client(self) -> _bridge.Client:
         """This process's client for the writes."""
         return client_for(self.config)
-
-    @property
-    def checkpoint_id(self) -> str:
-        """The checkpoint's URL."""
-        return self.url
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        return _valid_url(checkpoint_id)
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         if checkpoint_id:
@@ -454,7 +456,7 @@ class _Stored:
         return segs
 
 
-class StorageReader(_storage.StorageReader):
+class StorageReader(_CheckpointURL, _storage.StorageReader):
     """Loads a DCP checkpoint from a URL folder (``s3://``, ``ais://``, ``file://`` or a path).
 
     ``reader_constructor`` is ``ReaderConstructor.dcp_optimized()`` when None: ranges
@@ -495,15 +497,6 @@ class StorageReader(_storage.StorageReader):
         if self.reader_constructor.kind == "dcp_optimized":
             config = config.replace(part_size=_WHOLE_GET)
         return client_for(config)
-
-    @property
-    def checkpoint_id(self) -> str:
-        """The checkpoint's URL."""
-        return self.url
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        return _valid_url(checkpoint_id)
 
     def statistics(self) -> LoadStatistics:
         """How the last ``read_data`` of this reader went."""
