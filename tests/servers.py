@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class StallServer:
-    """Answers every GET with a 206 for ``size`` bytes, sends ``send`` of them, then stalls."""
+    """Answers every GET with a 206 for the range asked (of a ``size``-byte object), sends
+    ``send`` bytes of it, then stalls."""
 
     url: str
     connections: int = 0
@@ -37,15 +38,16 @@ def stall_server(size: int = 10_000_000, send: int = 1000) -> Iterator[StallServ
                 if not chunk:
                     break
                 data += chunk
+            first, last = _range(data, size)
             head = (
                 "HTTP/1.1 206 Partial Content\r\n"
-                f"Content-Length: {size}\r\n"
-                f"Content-Range: bytes 0-{size - 1}/{size}\r\n"
+                f"Content-Length: {last - first + 1}\r\n"
+                f"Content-Range: bytes {first}-{last}/{size}\r\n"
                 'ETag: "stall"\r\n'
                 "Content-Type: application/octet-stream\r\n\r\n"
             )
             try:
-                conn.sendall(head.encode() + b"x" * send)
+                conn.sendall(head.encode() + b"x" * min(send, last - first + 1))
                 conn.settimeout(0.1)
                 while not stop.is_set():  # stall until the client hangs up
                     try:
@@ -81,3 +83,13 @@ def stall_server(size: int = 10_000_000, send: int = 1000) -> Iterator[StallServ
         stop.set()
         thread.join()
         listener.close()
+
+
+def _range(request: bytes, size: int) -> tuple[int, int]:
+    """The first and last byte a request's ``Range: bytes=a-b`` (or ``a-``) asks for."""
+    for line in request.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"range":
+            first, _, last = value.strip().removeprefix(b"bytes=").partition(b"-")
+            return int(first), min(int(last), size - 1) if last else size - 1
+    return 0, size - 1
