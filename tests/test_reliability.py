@@ -292,27 +292,26 @@ def test_a_worker_killed_mid_epoch_fails_fast_and_the_next_epoch_runs(both: Both
     urls = list(blobs)
     expected = {i: zlib.crc32(blobs[u]) for i, u in enumerate(urls)}
     warm_up()
-    threads_before, fds_before = thread_names(), fd_count()
+    threads_before, fds_before, kinds = thread_names(), fd_count(), fd_kinds()
     with aisio.Client(both.config(max_concurrency=4)) as client:
         loader = DataLoader(Checksums(client, urls, both.ports(), delay=0.05), batch_size=2,
                             num_workers=4, multiprocessing_context="fork", timeout=120)
         batches = iter(loader)
-        _, _, pid, _, _ = next(batches)
-        os.kill(int(pid[0]), signal.SIGKILL)
+        victim = int(next(batches)[2][0])  # keep no batch: each tensor holds a shared-memory fd
+        os.kill(victim, signal.SIGKILL)
         started = time.monotonic()
         with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid"):
-            for _ in batches:
-                pass
+            collections.deque(batches, maxlen=0)
         assert time.monotonic() - started < 30  # no hang: torch notices the dead worker
         del batches
         seen = {}
-        for idx, crc, _, _, _ in loader:  # a fresh epoch, fresh workers
-            seen.update(zip(idx.tolist(), crc.tolist(), strict=True))
+        for batch in loader:  # a fresh epoch, fresh workers
+            seen.update(zip(batch[0].tolist(), batch[1].tolist(), strict=True))
         assert seen == expected
-        del loader, idx, crc
+        del loader, batch
         gc.collect()
     assert settle(lambda: not new_threads(threads_before)), new_threads(threads_before)
-    assert settle(lambda: fd_count() <= fds_before + 2), (fd_count(), fds_before)
+    assert settle(lambda: fd_count() <= fds_before + 2), fd_kinds() - kinds
     assert both.proxy.wait_idle(10)
 
 
