@@ -7,6 +7,11 @@ lines, reads under 64 KiB, and body bytes that arrive between two reads pass thr
 small per-connection buffer (256 KiB). Reading pauses once that buffer is full while no
 caller buffer waits, so a slow consumer holds no more than it (and the socket's buffer).
 
+A read of 4 MiB or more from a server that answered within 10 ms is copied from the
+socket by one of the pool's two worker threads instead (plain HTTP only): on loopback or
+in the same rack the copy out of the kernel is the bottleneck, and one event-loop thread
+can only do it on one core.
+
 Errors: transport failures are ``OSError`` (``ConnectError``, ``ServerDisconnectedError``,
 ``TimeoutError``), which the engine retries; a malformed response or an untrusted TLS
 certificate is ``aisio.errors.RequestError``. No message contains a URL's query string.
@@ -15,10 +20,16 @@ certificate is ``aisio.errors.RequestError``. No message contains a URL's query 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import queue
 import re
+import select
 import ssl
+import threading
+import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -39,6 +50,10 @@ _SPILL = 256 * 1024  # per connection: head, chunk lines, small reads, bytes bet
 _DIRECT = 64 * 1024  # reads at least this big go straight from the socket to the caller
 _MAX_LINE = 64 * 1024  # longest response head or chunk-size line accepted
 _READ_CHUNK = 256 * 1024  # read() of a body of unknown length, piece by piece
+_THREAD_MIN = 4 * 1024 * 1024  # reads this big from a near server are copied by a worker thread
+_NEAR = 0.01  # seconds from request to response head: a server this near fills a thread
+_COPIERS = 2  # worker threads per pool that copy large bodies from near servers
+_POLL = 0.05  # seconds a copying thread waits for data before it looks at its stop flag
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CTL = re.compile(r"[\r\n\x00]")
@@ -89,6 +104,7 @@ class _Conn(asyncio.BufferedProtocol):
 
     __slots__ = (
         "_buf",
+        "_copier",
         "_end",
         "_filled",
         "_last",
@@ -96,6 +112,7 @@ class _Conn(asyncio.BufferedProtocol):
         "_mv",
         "_paused",
         "_pos",
+        "_stop",
         "_target",
         "_timeout",
         "_timer",
@@ -109,11 +126,20 @@ class _Conn(asyncio.BufferedProtocol):
         "partial",
         "received",
         "transport",
+        "waited",
         "where",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float, where: str, host: _Host) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        read_timeout: float,
+        where: str,
+        host: _Host,
+        copier: _Copier | None = None,
+    ) -> None:
         self._loop = loop
+        self._copier = copier
         self._timeout = read_timeout
         self._buf = bytearray(_SPILL)
         self._mv = memoryview(self._buf)
@@ -127,6 +153,7 @@ class _Conn(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._paused = False
+        self._stop: threading.Event | None = None  # set to stop a copying thread
         self.error: BaseException | None = None  # why the connection was lost, if it failed
         self.host = host  # the pool entry whose slot this connection holds while in use
         self.transport: asyncio.Transport | None = None
@@ -135,6 +162,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.received = 0  # bytes received since the current request was sent
         self.partial = 0  # bytes read_into put in the caller's view before it raised
         self.where = where  # scheme://host:port/path of the current request, for messages
+        self.waited = 1.0  # seconds from sending the current request to its head
 
     # -- asyncio callbacks: keep these lean, they run once per socket read --
 
@@ -258,6 +286,8 @@ class _Conn(asyncio.BufferedProtocol):
                 self.partial = got
                 await self._wait()
                 continue
+            if want - got >= _THREAD_MIN and self._copier is not None and self.waited < _NEAR:
+                return await self._read_in_thread(view, got)
             self._target = view
             self._filled = got
             self._want = want
@@ -269,6 +299,45 @@ class _Conn(asyncio.BufferedProtocol):
             finally:
                 self._target = None
             return self._filled
+
+    async def _read_in_thread(self, view: memoryview, got: int) -> int:
+        """Fill the rest of ``view`` in a worker thread, so a second core copies from the kernel.
+
+        The transport stops reading first; the thread reads a duplicate of the socket's
+        descriptor, so a close on the loop cannot hand it another socket's bytes. The
+        read does not return (nor raise) before the thread has stopped writing to ``view``.
+        """
+        transport = self.transport
+        assert transport is not None and self._copier is not None
+        if not self._paused:
+            self._paused = True
+            transport.pause_reading()
+        fd = transport.get_extra_info("socket").fileno()
+        self._stop = stop = threading.Event()
+        future = self._copier.run(self._loop, _copy_from_socket, fd, view, got, self._timeout, stop)
+        before = got
+        try:
+            got, error = await asyncio.shield(future)
+        except BaseException:
+            stop.set()
+            self.partial, _ = await _uncancelled(future)
+            raise
+        finally:
+            self._stop = None
+        self.received += got - before
+        self._last = self._loop.time()
+        if self._end != self._pos:  # the loop read too: the order of bytes is lost
+            self.abort()
+            raise RequestError(f"bytes from {self.where} arrived out of order", url=self.where)
+        if got == len(view):
+            return got
+        self.eof = True  # or an error, or closed by abort(): the connection is done
+        self.error = self.error or error
+        self.abort()
+        if isinstance(error, TimeoutError):
+            self.partial = got
+            raise TimeoutError(f"no data from {self.where} for {self._timeout:g} s")
+        return got
 
     async def read_until(self, sep: bytes) -> bytes:
         """Bytes up to ``sep`` (consumed, not returned): a head or a line, at most _MAX_LINE."""
@@ -332,6 +401,8 @@ class _Conn(asyncio.BufferedProtocol):
     def abort(self) -> None:
         """Close now; nothing is written into a caller's buffer after this."""
         self._target = None
+        if self._stop is not None:
+            self._stop.set()
         if self.transport is not None:
             self.transport.abort()
 
@@ -570,6 +641,7 @@ class HTTPPool:
         self._closed = False
         self._opened = 0
         self._reused = 0
+        self._copier = _Copier() if _COPIERS else None
 
     async def __aenter__(self) -> HTTPPool:
         return self
@@ -652,6 +724,8 @@ class HTTPPool:
         pending = [conn.closed for conn in conns if not conn.closed.done()]
         if pending:
             await asyncio.wait(pending, timeout=5)
+        if self._copier is not None:
+            self._copier.shutdown()
 
     # -- internals --
 
@@ -688,8 +762,9 @@ class HTTPPool:
         origin_text = "/".join(origin[:3])
         try:
             async with asyncio.timeout(self._connect_timeout):
+                copier = None if context else self._copier
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(loop, self._read_timeout, where, pool),
+                    lambda: _Conn(loop, self._read_timeout, where, pool, copier),
                     host,
                     port,
                     ssl=context,
@@ -735,8 +810,96 @@ class HTTPPool:
         else:
             mode, keep = _CLOSE, False
         response = Response(self, conn, status, reason, headers, length, mode, keep)
-        response.waited = conn._loop.time() - sent
+        response.waited = conn.waited = conn._loop.time() - sent
         return response
+
+
+class _Copier:
+    """Worker threads that copy large bodies for one pool, started on first use.
+
+    Daemon threads, not a ThreadPoolExecutor: a copy waiting on a stalled server must not
+    hold up the interpreter's exit until read_timeout.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._threads = 0
+        self._pid = os.getpid()
+
+    def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Call ``fn(*args)`` in a worker thread; its outcome arrives in the returned future."""
+        if self._pid != os.getpid():  # a forked child has none of its parent's threads
+            self._jobs, self._threads, self._pid = queue.SimpleQueue(), 0, os.getpid()
+        if self._threads < _COPIERS:
+            self._threads += 1
+            threading.Thread(target=self._work, name=f"aisio-copy-{self._threads}", daemon=True).start()
+        future = loop.create_future()
+        self._jobs.put((loop, future, fn, args))
+        return future
+
+    def shutdown(self) -> None:
+        """Let the threads end once the copies under way are done."""
+        for _ in range(self._threads):
+            self._jobs.put(None)
+        self._threads = 0
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn, args = job
+            try:
+                outcome = (future.set_result, fn(*args))
+            except BaseException as exc:  # handed to the waiting task
+                outcome = (future.set_exception, exc)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            del job, future, outcome
+
+
+def _settle(future: asyncio.Future[Any], setter: Callable[[Any], None], value: Any) -> None:
+    if not future.done():
+        setter(value)
+
+
+def _copy_from_socket(
+    fd: int, view: memoryview, got: int, timeout: float, stop: threading.Event
+) -> tuple[int, OSError | None]:
+    """Read into ``view[got:]`` until full, EOF, an error or ``stop``: (bytes in view, error).
+
+    Runs in a worker thread, on a duplicate of ``fd``, so a close on the loop cannot
+    make it read another socket's bytes.
+    """
+    mine = os.dup(fd)
+    try:
+        poller = select.poll()
+        poller.register(mine, select.POLLIN)
+        last = time.monotonic()
+        size = len(view)
+        while got < size and not stop.is_set():
+            try:
+                n = os.readv(mine, [view[got:]])
+            except BlockingIOError:
+                if not poller.poll(_POLL * 1000) and time.monotonic() - last > timeout:
+                    return got, TimeoutError()
+                continue
+            except OSError as exc:
+                return got, exc
+            if not n:
+                break
+            got += n
+            last = time.monotonic()
+        return got, None
+    finally:
+        os.close(mine)
+
+
+async def _uncancelled(future: asyncio.Future[Any]) -> Any:
+    """Wait for ``future`` to the end, even if cancelled meanwhile (it will end soon)."""
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            continue
+    return future.result()
 
 
 def _byte_view(buffer: Any) -> memoryview:

@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import random
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
@@ -30,6 +31,8 @@ def pattern(n: int) -> bytes:
 
 
 Route = Callable[["Server", asyncio.StreamWriter, "Request"], Awaitable[bool]]
+BIG = 12 << 20  # a body this big, in one view from a near server, is copied by a worker thread
+pattern(BIG)  # made now, so the server answers at once (a server 10 ms away counts as far)
 
 
 class Request:
@@ -280,6 +283,15 @@ async def read_all(resp: Response, view_size: int = 65536) -> bytes:
     return bytes(out)
 
 
+def copy_threads() -> int:
+    return sum(t.name.startswith("aisio-copy") for t in threading.enumerate())
+
+
+def threads_used(pool: HTTPPool) -> bool:
+    """Whether ``pool`` has started worker threads to copy a body."""
+    return pool._copier is not None and pool._copier._threads > 0
+
+
 async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -379,14 +391,18 @@ async def test_put_body(server: Server, pool: HTTPPool) -> None:
 # -- failures --
 
 
-async def test_short_body_raises_after_returning_what_came(server: Server, pool: HTTPPool) -> None:
-    resp = await pool.request("GET", server.url("/short?n=100000"))
-    buf = memoryview(bytearray(100000))
+@pytest.mark.parametrize("size", [100000, BIG], ids=["on-loop", "in-thread"])
+async def test_short_body_raises_after_returning_what_came(
+    server: Server, pool: HTTPPool, size: int
+) -> None:
+    resp = await pool.request("GET", server.url(f"/short?n={size}"))
+    buf = memoryview(bytearray(size))
     n = await resp.readinto(buf)
-    assert n == 50000 and buf[:n] == pattern(100000)[:50000]
-    with pytest.raises(ServerDisconnectedError, match="after 50000 of 100000 body bytes"):
+    assert n == size // 2 and buf[:n] == pattern(size)[: size // 2]
+    assert threads_used(pool) == (size == BIG)
+    with pytest.raises(ServerDisconnectedError, match=f"after {size // 2} of {size} body bytes"):
         await resp.readinto(buf)
-    resp = await pool.request("GET", server.url("/short?n=100000"))
+    resp = await pool.request("GET", server.url(f"/short?n={size}"))
     with pytest.raises(ConnectionError):
         await resp.read()
 
@@ -414,16 +430,19 @@ async def test_timeout_in_body_closes_connection(server: Server) -> None:
         assert pool.stats().idle == 0
 
 
-@pytest.mark.parametrize("path", ["/stall-body?n=5000", "/chunked-stall"])
-@pytest.mark.parametrize("view_size", [1000, 1 << 20])
+@pytest.mark.parametrize("path", ["/stall-body?n=5000", f"/stall-body?n={BIG}", "/chunked-stall"])
+@pytest.mark.parametrize("view_size", [1000, 1 << 20, BIG])
 async def test_timeout_keeps_the_bytes_that_came(server: Server, path: str, view_size: int) -> None:
     async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=0.3) as pool:
         resp = await pool.request("GET", server.url(path))
         buf = memoryview(bytearray(view_size))
         assert await resp.readinto(buf) == 100  # the stall: what came is returned...
-        assert buf[:100] == pattern(5000)[:100]
-        with pytest.raises(TimeoutError):  # ...and the timeout raised next
+        assert buf[:100] == pattern(int(path.partition("n=")[2] or 5000))[:100]
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="no data from"):  # ...and the timeout raised next
             await resp.readinto(buf)
+        assert time.monotonic() - started < 3
+        assert threads_used(pool) == (view_size == BIG and str(BIG) in path)
 
 
 async def test_trickle_resets_the_timeout_on_every_byte(server: Server) -> None:
@@ -437,14 +456,16 @@ async def test_trickle_resets_the_timeout_on_every_byte(server: Server) -> None:
         assert server.connections == 1
 
 
-async def test_cancelled_readinto_closes_connection(server: Server, pool: HTTPPool) -> None:
-    resp = await pool.request("GET", server.url("/stall-body?n=10000"))
-    buf = memoryview(bytearray(5000))
+@pytest.mark.parametrize("size", [10000, BIG], ids=["on-loop", "in-thread"])
+async def test_cancelled_readinto_closes_connection(server: Server, pool: HTTPPool, size: int) -> None:
+    resp = await pool.request("GET", server.url(f"/stall-body?n={size}"))
+    buf = memoryview(bytearray(size // 2))
     task = asyncio.create_task(resp.readinto(buf))
     await asyncio.sleep(0.1)
+    assert threads_used(pool) == (size == BIG)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await asyncio.wait_for(task, 2)  # a copying thread stops within a poll interval
     await wait_for(lambda: server.open == 0)  # the server saw the connection close
     assert pool.stats().idle == 0
     with pytest.raises(ClosedError):
@@ -512,6 +533,39 @@ async def test_slow_consumer_pauses_reading(server: Server, pool: HTTPPool) -> N
     while n := await resp.readinto(buf):
         got += n
     assert got == 32 << 20
+
+
+async def test_large_bodies_from_a_near_server_are_copied_by_worker_threads(server: Server) -> None:
+    await wait_for(lambda: copy_threads() == 0)  # other tests' pools are gone
+    async with HTTPPool(max_connections_per_host=2, connect_timeout=5, read_timeout=5) as pool:
+
+        async def get(path: str) -> bytes:
+            resp = await pool.request("GET", server.url(path))
+            buf = memoryview(bytearray(BIG + 1))
+            assert await resp.readinto(buf[:7]) == 7  # a small read first: from the loop
+            n = 7 + await resp.readinto(buf[7:])
+            assert await resp.readinto(buf) == 0
+            return bytes(buf[:n])
+
+        far = await asyncio.gather(*(get(f"/slow-head?n={BIG}") for _ in range(2)))
+        assert far == [pattern(BIG)] * 2 and copy_threads() == 0  # 50 ms away: on the loop
+        near = await asyncio.gather(*(get(f"/data?n={BIG}") for _ in range(4)))
+        assert near == [pattern(BIG)] * 4 and copy_threads() > 0
+        assert server.connections == 2  # each connection went back to the pool after its thread
+    await wait_for(lambda: copy_threads() == 0)  # closing the pool ends its threads
+
+
+async def test_closing_the_pool_stops_a_copying_thread(server: Server) -> None:
+    pool = HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=30)
+    resp = await pool.request("GET", server.url(f"/stall-body?n={BIG}"))
+    buf = memoryview(bytearray(BIG))
+    assert await resp.readinto(buf[:100]) == 100
+    task = asyncio.create_task(resp.readinto(buf[100:]))
+    await wait_for(lambda: copy_threads() > 0)
+    await pool.aclose()
+    with pytest.raises(ServerDisconnectedError):
+        await asyncio.wait_for(task, 2)
+    await wait_for(lambda: server.open == 0 and copy_threads() == 0)
 
 
 async def test_malformed_responses_raise_request_error(server: Server, pool: HTTPPool) -> None:
