@@ -111,6 +111,13 @@ def aisio_into(p: Params, section: Section) -> dict[str, Any]:
     return asyncio.run(_aisio_into(p, section))
 
 
+def aisio_into_uvloop(p: Params, section: Section) -> dict[str, Any]:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_aisio_into(p, section))
+
+
 def aisio_uvloop(p: Params, section: Section) -> dict[str, Any]:
     import uvloop
 
@@ -259,6 +266,7 @@ PEERS: dict[str, tuple[str, str]] = {
     "aisio async": ("aisio_asyncio", "aisio"),
     "aisio async (uvloop)": ("aisio_uvloop", "aisio"),
     "aisio get_into (reused buffers)": ("aisio_into", "aisio"),
+    "aisio get_into (reused buffers, uvloop)": ("aisio_into_uvloop", "aisio"),
     "obstore async": ("obstore_async", "peer"),
     "aiobotocore": ("aiobotocore_async", "peer"),
     "link reference (raw sockets)": ("link_reference", "reference"),
