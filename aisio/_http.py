@@ -846,13 +846,15 @@ class _Copier:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             loop, future, fn, args = job
+            del job
             try:
                 outcome = (future.set_result, fn(*args))
             except BaseException as exc:  # handed to the waiting task
                 outcome = (future.set_exception, exc)
+            del fn, args  # they hold the caller's view: let go before the caller goes on
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(_settle, future, *outcome)
-            del job, future, outcome
+            del loop, future, outcome
 
 
 def _settle(future: asyncio.Future[Any], setter: Callable[[Any], None], value: Any) -> None:
@@ -868,7 +870,10 @@ def _copy_from_socket(
     Runs in a worker thread, on a duplicate of ``fd``, so a close on the loop cannot
     make it read another socket's bytes.
     """
-    mine = os.dup(fd)
+    try:
+        mine = os.dup(fd)
+    except OSError as exc:  # out of descriptors: an error for the engine to retry
+        return got, exc
     try:
         poller = select.poll()
         poller.register(mine, select.POLLIN)

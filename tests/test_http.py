@@ -541,11 +541,14 @@ async def test_large_bodies_from_a_near_server_are_copied_by_worker_threads(serv
 
         async def get(path: str) -> bytes:
             resp = await pool.request("GET", server.url(path))
-            buf = memoryview(bytearray(BIG + 1))
-            assert await resp.readinto(buf[:7]) == 7  # a small read first: from the loop
-            n = 7 + await resp.readinto(buf[7:])
-            assert await resp.readinto(buf) == 0
-            return bytes(buf[:n])
+            data = bytearray(BIG + 1)
+            with memoryview(data) as buf:
+                assert await resp.readinto(buf[:7]) == 7  # a small read first: from the loop
+                n = 7 + await resp.readinto(buf[7:])
+                assert await resp.readinto(buf) == 0
+            body = bytes(data[:n])
+            data.clear()  # BufferError if a view of it were still held (by a thread, say)
+            return body
 
         far = await asyncio.gather(*(get(f"/slow-head?n={BIG}") for _ in range(2)))
         assert far == [pattern(BIG)] * 2 and copy_threads() == 0  # 50 ms away: on the loop
@@ -715,10 +718,13 @@ def test_runs_on_uvloop() -> None:
                     assert await read_all(resp, view_size) == pattern(3000000)
                 resp = await pool.request("GET", srv.url("/chunked?sizes=5,70000,3"))
                 assert await read_all(resp, 4096) == pattern(70008)
-                resp = await pool.request("GET", srv.url("/stall-body?n=1000"))
-                with pytest.raises(TimeoutError):
-                    await read_all(resp)
-                assert pool.stats().reused == 3
+                resp = await pool.request("GET", srv.url(f"/data?n={BIG}"))
+                assert await read_all(resp, BIG) == pattern(BIG) and threads_used(pool)
+                for path, view_size in ((f"/stall-body?n={BIG}", BIG), ("/stall-body?n=1000", 65536)):
+                    resp = await pool.request("GET", srv.url(path))
+                    with pytest.raises(TimeoutError):
+                        await read_all(resp, view_size)
+                assert pool.stats().reused == 4
         finally:
             await srv.stop()
 
