@@ -49,13 +49,16 @@ TARGETS: list[dict[str, Any]] = [
 # re-profile before trusting a note after the code changed.
 NOTES: dict[str, str] = {
     "1": (
-        "A read from a near server (first response head within 10 ms) runs 16 parts at "
-        "once instead of up to 64 (in-process A/B, 1 GiB: 2.1 GB/s before, 2.5-2.8 after; "
-        "warm connections 3.0-4.0). What is left is the copy itself: one event-loop "
-        "thread receives every byte (recv_into is about 80% of its samples), like "
-        "http.client's one thread, while obstore's Rust runtime spreads the copies over a "
-        "thread pool. Next: a second loop thread for data connections, so two cores copy. "
-        "Wall clock swings 2x between runs on this shared machine."
+        "Almost all of the time is the kernel's copy out of the socket (perf: 62% of "
+        "aisio's samples and 71% of http.client's in _copy_to_iter). http.client's one "
+        "stream keeps nginx's one worker busy a full core (0.32-0.37 CPU-s per GiB in "
+        "0.35 s), so on these 2 cores it is about the ceiling, and 1.5x obstore asks for "
+        "about that. aisio's 128 requests on 16 connections cost about 0.05 CPU-s of "
+        "kernel time and 0.05 of Python per GiB more than one stream. Done: a near server "
+        "(first response head within 10 ms) gets 16 parts in flight, not 64 (2.1 to 2.8 "
+        "GB/s), and 2 worker threads copy its large bodies, so a second core copies "
+        "(in-process A/B, 12 alternating runs: 2.51 to 2.72 GB/s). Wall clock swings "
+        "2x between runs on this shared machine."
     ),
     "2": (
         "Before aisio signed S3 GETs itself, dcp.load spent about 0.45 CPU-s importing and "
