@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 __all__ = ["AISOptions", "ClientConfig", "S3Options"]
 
 MiB = 2**20
+NEAR = 0.01  # seconds from a request to its response head: a store this near is on the LAN
 
 
 @dataclass(frozen=True)

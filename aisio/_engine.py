@@ -16,7 +16,7 @@ import anyio
 import anyio.abc
 
 from ._backends._base import Backend, Body
-from ._config import ClientConfig
+from ._config import NEAR, ClientConfig
 from ._planner import Span, coalesce, split
 from ._retry import RetryPolicy, is_transient, retry_after_of
 from ._url import Location, redact
@@ -26,7 +26,6 @@ __all__ = ["Engine", "Statistics", "Stream"]
 
 _DISCARD = 2**20  # scratch for the gap bytes a coalesced GET reads between segments
 _FANOUT = 16  # parts of one read in flight at once from a near server
-_NEAR = 0.01  # seconds to a first response: a server this near needs no more than _FANOUT
 
 
 @dataclass(frozen=True)
@@ -195,11 +194,11 @@ class Engine:
         Many streams hide a far server's latency and per-connection limit (S3: tens of ms
         to the first byte, about 100 MB/s a connection); from a near one they only cost
         CPU: 1 GiB from nginx on loopback ran at 2.1 GB/s with 64 streams, 2.9 with 8 or
-        16. A bucket whose last probe answered within ``_NEAR`` gets ``_FANOUT`` streams.
+        16. A bucket whose last probe answered within ``NEAR`` gets ``_FANOUT`` streams.
         """
         most = self.config.max_concurrency
         latency = self._latency.get((id(backend), loc.bucket))
-        near = latency is not None and latency < _NEAR
+        near = latency is not None and latency < NEAR
         return anyio.CapacityLimiter(min(_FANOUT, most) if near else most)
 
     async def _scatter(
@@ -279,6 +278,7 @@ class Stream:
 
     Pinned to the ETag of its first response, so a resumed read cannot mix versions.
     ``max_attempts`` counts consecutive failures; progress in between resets it.
+    ``async with`` closes it.
     """
 
     def __init__(
@@ -291,6 +291,12 @@ class Stream:
         self.latency = 0.0  # seconds the last response head took (Body.latency)
         self._body: Body | None = None
         self._failures = 0
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def open(self) -> None:
         """Send the request now (reads do it lazily) to learn the size and etag."""

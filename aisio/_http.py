@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from ._config import NEAR
 from ._url import redact
 from .errors import ClosedError, InvalidURLError, RequestError
 
@@ -51,7 +52,6 @@ _DIRECT = 64 * 1024  # reads at least this big go straight from the socket to th
 _MAX_LINE = 64 * 1024  # longest response head or chunk-size line accepted
 _READ_CHUNK = 256 * 1024  # read() of a body of unknown length, piece by piece
 _THREAD_MIN = 4 * 1024 * 1024  # reads this big from a near server are copied by a worker thread
-_NEAR = 0.01  # seconds from request to response head: a server this near fills a thread
 _COPIERS = 2  # worker threads per pool that copy large bodies from near servers
 _POLL = 0.05  # seconds a copying thread waits for data before it looks at its stop flag
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -286,7 +286,7 @@ class _Conn(asyncio.BufferedProtocol):
                 self.partial = got
                 await self._wait()
                 continue
-            if want - got >= _THREAD_MIN and self._copier is not None and self.waited < _NEAR:
+            if want - got >= _THREAD_MIN and self._copier is not None and self.waited < NEAR:
                 return await self._read_in_thread(view, got)
             self._target = view
             self._filled = got
@@ -760,9 +760,9 @@ class HTTPPool:
             context = self._ssl_context
         origin = where.split("/", 3)
         origin_text = "/".join(origin[:3])
+        copier = None if context else self._copier  # TLS bodies stay on the loop
         try:
             async with asyncio.timeout(self._connect_timeout):
-                copier = None if context else self._copier
                 _, conn = await loop.create_connection(
                     lambda: _Conn(loop, self._read_timeout, where, pool, copier),
                     host,

@@ -263,7 +263,7 @@ ROUTES: dict[str, Route] = {
 @pytest.fixture(autouse=True)
 def near_means_within_100_ms(monkeypatch: pytest.MonkeyPatch) -> None:
     """A loaded machine can take over 10 ms to answer on loopback; the far server takes 300."""
-    monkeypatch.setattr(_http, "_NEAR", 0.1)
+    monkeypatch.setattr(_http, "NEAR", 0.1)
 
 
 @pytest.fixture

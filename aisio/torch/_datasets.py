@@ -244,14 +244,11 @@ async def read_object(aclient: AsyncClient, url: str, etl_name: str | None = Non
     """The whole object: parts in parallel, or one resumable GET of the ETL's output."""
     if not etl_name:
         return await aclient.get(url)
-    stream = open_stream(aclient, url, etl_name)
-    try:
+    async with open_stream(aclient, url, etl_name) as stream:
         await stream.open()  # the first response tells the size of the ETL's output
         buf = bytearray(max(stream.object_size, 0))
         got = await stream.fill(memoryview(buf))
         return bytes(memoryview(buf)[:got])  # not del buf[got:]: a view may linger
-    finally:
-        await stream.aclose()
 
 
 # --- listing and sharding ------------------------------------------------------------------------

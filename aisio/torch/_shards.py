@@ -164,21 +164,13 @@ class _ShardSet(_Epochs):
     async def _read_shard(self, aclient: AsyncClient, info: ObjectInfo,
                           send: MemoryObjectSendStream[Any]) -> None:
         async with send:
-            stream: Stream | None = None
-            members: AsyncGenerator[Member] | None = None
             try:
-                try:
-                    stream = open_stream(aclient, info.url, self.etl_name)
-                    members = cast(AsyncGenerator[Member],
-                                   aiter_members(_Buffered(stream), info.url))
-                    async with contextlib.aclosing(self._shard_items(members, info.url)) as items:
+                async with open_stream(aclient, info.url, self.etl_name) as stream:
+                    members = cast(AsyncGenerator[Member], aiter_members(_Buffered(stream), info.url))
+                    async with contextlib.aclosing(members), \
+                            contextlib.aclosing(self._shard_items(members, info.url)) as items:
                         async for item in items:
                             await send.send(item)
-                finally:
-                    if members is not None:
-                        await members.aclose()
-                    if stream is not None:
-                        await stream.aclose()
             except anyio.BrokenResourceError:
                 return  # the consumer went away
             except Exception as exc:

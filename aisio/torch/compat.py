@@ -607,12 +607,9 @@ class AISShardReader(ShardReader):
         async def count() -> int:
             total = 0
             for info in infos:
-                stream = open_stream(aclient, info.url, self.etl_name)
-                try:
+                async with open_stream(aclient, info.url, self.etl_name) as stream:
                     async for _ in aiter_members(_Buffered(stream), info.url):
                         total += 1
-                finally:
-                    await stream.aclose()
             return total
 
         return run(count)
