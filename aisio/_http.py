@@ -6,6 +6,9 @@ TLS layer) copies body bytes straight into it. Only the status line, headers, ch
 lines, reads under 64 KiB, and body bytes that arrive between two reads pass through a
 small per-connection buffer (256 KiB). Reading pauses once that buffer is full while no
 caller buffer waits, so a slow consumer holds no more than it (and the socket's buffer).
+While a large view waits, the socket's SO_RCVLOWAT is raised to what the view still needs
+(up to 1 MiB), so the kernel wakes the loop once for it rather than once per arriving packet
+burst; a timer lowers it again if the server stalls, so bytes that came are never held back.
 
 A read of 4 MiB or more from a server that answered within 10 ms is copied from the
 socket by one of the pool's two worker threads instead (plain HTTP only): on loopback or
@@ -25,7 +28,9 @@ import os
 import queue
 import re
 import select
+import socket
 import ssl
+import sys
 import threading
 import time
 import traceback
@@ -54,11 +59,28 @@ _READ_CHUNK = 256 * 1024  # read() of a body of unknown length, piece by piece
 _THREAD_MIN = 4 * 1024 * 1024  # reads this big from a near server are copied by a worker thread
 _COPIERS = 2  # worker threads per pool that copy large bodies from near servers
 _POLL = 0.05  # seconds a copying thread waits for data before it looks at its stop flag
+_LOWAT_MIN = 128 * 1024  # a direct read of at least this wakes the loop only when ...
+_LOWAT = 1024 * 1024  # ... all of it, or this much, has come
+
+
+def _lowat_works() -> bool:
+    """Linux 4.19+ wakes a reader when SO_RCVLOWAT is lowered and grows the buffer to fit it."""
+    if sys.platform != "linux":
+        return False
+    try:
+        major, minor = (int(x) for x in re.findall(r"\d+", os.uname().release)[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (4, 19)
+
+
+_LOWAT_WORKS = _lowat_works()
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CTL = re.compile(r"[\r\n\x00]")
 _DIGITS = re.compile(r"[0-9]+")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
+_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\r\n]*)\r?$", re.MULTILINE)
 
 # How the end of a body is found.
 _NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
@@ -74,11 +96,12 @@ class ServerDisconnectedError(ConnectionError):
 
 @dataclass(frozen=True)
 class PoolStats:
-    """Counters of an HTTPPool: connections opened and reused, and idle now."""
+    """Counters of an HTTPPool: connections opened and reused, idle now, and socket reads."""
 
     opened: int
     reused: int
     idle: int
+    reads: int = 0
 
 
 class Headers(Mapping[str, str]):
@@ -91,6 +114,9 @@ class Headers(Mapping[str, str]):
 
     def __getitem__(self, name: str) -> str:
         return self._fields[name.lower()]
+
+    def get(self, name: str, default: Any = None) -> Any:  # Mapping's goes through KeyError
+        return self._fields.get(name.lower(), default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._fields)
@@ -109,9 +135,11 @@ class _Conn(asyncio.BufferedProtocol):
         "_filled",
         "_last",
         "_loop",
+        "_lowat",
         "_mv",
         "_paused",
         "_pos",
+        "_sock",
         "_stop",
         "_target",
         "_timeout",
@@ -154,6 +182,8 @@ class _Conn(asyncio.BufferedProtocol):
         self._last = 0.0
         self._paused = False
         self._stop: threading.Event | None = None  # set to stop a copying thread
+        self._sock: Any = None  # the plain TCP socket, whose SO_RCVLOWAT we raise
+        self._lowat = 1
         self.error: BaseException | None = None  # why the connection was lost, if it failed
         self.host = host  # the pool entry whose slot this connection holds while in use
         self.transport: asyncio.Transport | None = None
@@ -168,6 +198,8 @@ class _Conn(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        if _LOWAT_WORKS and transport.get_extra_info("sslcontext") is None:
+            self._sock = transport.get_extra_info("socket")
 
     def get_buffer(self, sizehint: int) -> memoryview:
         target = self._target
@@ -182,11 +214,15 @@ class _Conn(asyncio.BufferedProtocol):
         return self._mv[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.host.reads += 1
         self.received += nbytes
         self._last = self._loop.time()
         if self._target is not None:
             self._filled += nbytes
-            if self._filled < self._want:
+            left = self._want - self._filled
+            if left < self._lowat:
+                self._set_lowat(left)
+            if left > 0:
                 return
             self._target = None  # later bytes go to _buf until it is full
         else:
@@ -227,11 +263,30 @@ class _Conn(asyncio.BufferedProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _set_lowat(self, n: int) -> None:
+        """Let the kernel wake the loop only once ``n`` bytes are in (or EOF): fewer reads.
+
+        A large body would otherwise come in as many reads as the sender's pacing makes
+        (a 1 MiB range over a paced link: about 7 reads and loop wake-ups; now 2). Lowering
+        it wakes the loop at once if that many bytes are already waiting.
+        """
+        n = max(n, 1)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+        except (OSError, ValueError, AttributeError):  # closed (uvloop: ValueError), or no TCP
+            self._sock = None
+            n = 1
+        self._lowat = n
+
     def _on_timer(self) -> None:
         """Fail the wait if no byte came for read_timeout, else look again when it could."""
         self._timer = None
         waiter = self._waiter
         if waiter is None or waiter.done():
+            return
+        if self._lowat > 1:  # bytes may be waiting under the low-water mark: read them
+            self._set_lowat(1)
+            self._timer = self._loop.call_later(min(self._timeout, 0.1), self._on_timer)
             return
         due = self._last + self._timeout
         if self._loop.time() < due - 1e-3:
@@ -291,6 +346,8 @@ class _Conn(asyncio.BufferedProtocol):
             self._target = view
             self._filled = got
             self._want = want
+            if want - got >= _LOWAT_MIN and self._sock is not None:
+                self._set_lowat(min(want - got, _LOWAT))
             try:
                 await self._wait()
             except BaseException:
@@ -298,6 +355,8 @@ class _Conn(asyncio.BufferedProtocol):
                 raise
             finally:
                 self._target = None
+                if self._lowat > 1:
+                    self._set_lowat(1)
             return self._filled
 
     async def _read_in_thread(self, view: memoryview, got: int) -> int:
@@ -413,6 +472,7 @@ class _Host:
 
     slots: asyncio.Semaphore
     idle: list[_Conn]
+    reads: int = 0  # socket reads by its connections, for stats()
 
 
 class Response:
@@ -650,9 +710,10 @@ class HTTPPool:
         await self.aclose()
 
     def stats(self) -> PoolStats:
-        """Connections opened and reused so far, and idle now."""
+        """Connections opened and reused so far, idle now, and socket reads so far."""
         idle = sum(len(host.idle) for host in self._hosts.values())
-        return PoolStats(opened=self._opened, reused=self._reused, idle=idle)
+        reads = sum(host.reads for host in self._hosts.values())
+        return PoolStats(opened=self._opened, reused=self._reused, idle=idle, reads=reads)
 
     async def request(
         self,
@@ -917,7 +978,21 @@ def _byte_view(buffer: Any) -> memoryview:
     return view
 
 
+_SPLIT_CACHE: dict[str, tuple[str, str, int, str, str, str]] = {}
+
+
 def _split_url(url: str) -> tuple[str, str, int, str, str, str]:
+    """``_parse_url``, remembered: a reader sends many GETs to the same (presigned) URL."""
+    hit = _SPLIT_CACHE.get(url)
+    if hit is None:
+        hit = _parse_url(url)
+        if len(_SPLIT_CACHE) >= 1024:
+            _SPLIT_CACHE.clear()
+        _SPLIT_CACHE[url] = hit
+    return hit
+
+
+def _parse_url(url: str) -> tuple[str, str, int, str, str, str]:
     """scheme, host, port, Host header, request target, and the url without its query."""
     try:
         parts = urlsplit(url)
@@ -970,15 +1045,23 @@ def _request_head(
 
 def _parse_head(block: bytes, where: str) -> tuple[str, int, str, Headers]:
     """Version, status, reason and headers of a response head (without the blank line)."""
-    lines = block.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
+    text = block.decode("latin-1")
+    status_line, _, rest = text.partition("\r\n")
+    version, _, status = status_line.partition(" ")
+    code, _, reason = status.partition(" ")
     if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(code) or len(code) != 3:
-        msg = f"malformed status line from {where}: {lines[0][:60]!r}"
+        msg = f"malformed status line from {where}: {status_line[:60]!r}"
         raise RequestError(msg, url=where)
     fields: dict[str, str] = {}
+    found = _FIELD.findall(rest)
+    if len(found) == rest.count("\n") + bool(rest):  # every line a plain field: the usual case
+        for name, value in found:
+            name, value = name.lower(), value.strip(" \t")
+            fields[name] = f"{fields[name]}, {value}" if name in fields else value
+        return version, int(code), reason.strip(), Headers(fields)
+    lines = rest.split("\r\n") if rest else []
     last = ""
-    for line in lines[1:]:
+    for line in lines:
         name, sep, value = line.partition(":")
         if line[:1] in (" ", "\t") and last:  # obsolete line folding
             fields[last] += " " + line.strip()

@@ -187,6 +187,43 @@ async def test_parts_in_flight_follow_how_near_the_store_is(rig: Rig) -> None:
     assert near <= 17 < 40 <= far, (near, far)
 
 
+def most_in_flight(exchanges: list[Exchange]) -> int:
+    """The most exchanges the proxy had under way at one moment."""
+    events = sorted([(x.started, 1) for x in exchanges] + [(x.finished, -1) for x in exchanges])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+async def test_max_concurrency_holds_and_cancelled_waiters_give_their_slots_back(rig: Rig) -> None:
+    blobs = {f"slots/{i:02d}.bin": payload(100_000, i) for i in range(24)}
+    await put_direct(rig, blobs)
+    rig.proxy.add(Fault("delay", seconds=0.05), times=-1, upstream=rig.data_upstream)
+    async with aisio.AsyncClient(rig.config(max_concurrency=4)) as c:
+        await c.head(rig.url("slots/00.bin"))  # the AIS target is known: all GETs go there
+        with anyio.move_on_after(0.08):  # most of these wait for a slot when cancelled
+            async with anyio.create_task_group() as tg:
+                for key in blobs:
+                    tg.start_soon(c.get, rig.url(key))
+        rig.proxy.clear()
+        rig.proxy.add(Fault("delay", seconds=0.05), times=-1, upstream=rig.data_upstream)
+        got: dict[str, bytes] = {}
+
+        async def one(key: str) -> None:
+            got[key] = await c.get(rig.url(key))
+
+        with anyio.fail_after(30):  # lost slots would leave reads waiting for ever
+            async with anyio.create_task_group() as tg:
+                for key in blobs:
+                    tg.start_soon(one, key)
+    assert got == blobs
+    gets = [x for x in rig.data_gets() if x.finished]
+    assert len(gets) >= len(blobs)
+    assert most_in_flight(gets) == 4  # never more, and not one slot lost to the cancelled reads
+
+
 @pytest.mark.parametrize("fault", [
     Fault("status", status=503), Fault("status", status=500, code="InternalError"),
     Fault("reset", after=0), Fault("short", after=0), Fault("stall", after=0), Fault("drop"),

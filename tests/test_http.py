@@ -197,6 +197,20 @@ async def r_trickle(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
     return True
 
 
+async def r_paced(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    """The body in ``pieces`` writes ``gap`` seconds apart, as a paced link delivers it."""
+    body, pieces = pattern(req.n()), int(req.query.get("pieces", 16))
+    gap = float(req.query.get("gap", 0.005))
+    w.write(head(Content_Length=len(body)))
+    await w.drain()
+    step = -(-len(body) // pieces)
+    for i in range(0, len(body), step):
+        await asyncio.sleep(gap)
+        w.write(body[i : i + step])
+        await w.drain()
+    return True
+
+
 async def r_drop_after(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
     w.write(head(Content_Length=req.n()) + pattern(req.n()))  # says keep-alive, then closes
     return False
@@ -249,6 +263,7 @@ ROUTES: dict[str, Route] = {
     "/stall-body": r_stall_body,
     "/chunked-stall": r_chunked_stall,
     "/trickle": r_trickle,
+    "/paced": r_paced,
     "/drop-after": r_drop_after,
     "/first-only": r_first_only,
     "/slow-head": r_slow_head,
@@ -461,6 +476,28 @@ async def test_trickle_resets_the_timeout_on_every_byte(server: Server) -> None:
         resp = await pool.request("GET", server.url("/data?n=10"))
         assert await resp.read() == pattern(10)
         assert server.connections == 1
+
+
+async def test_a_paced_body_wakes_the_loop_once_it_is_all_in(server: Server, pool: HTTPPool) -> None:
+    # 1 MiB in 16 writes 5 ms apart: SO_RCVLOWAT lets the kernel hold the pieces until the
+    # view can be filled, instead of one socket read (and loop wake-up) per piece
+    n = 1 << 20
+    resp = await pool.request("GET", server.url(f"/paced?n={n}&pieces=16&gap=0.005"))
+    before = pool.stats().reads
+    buf = bytearray(n)
+    assert await resp.readinto(memoryview(buf)) == n
+    assert bytes(buf) == pattern(n)
+    assert pool.stats().reads - before <= 3
+
+
+async def test_a_body_slower_than_the_low_water_mark_still_arrives(server: Server) -> None:
+    # 8 pieces of 32 KiB, 0.15 s apart: each gap under read_timeout, the whole over it
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=0.5) as pool:
+        n = 256 << 10
+        resp = await pool.request("GET", server.url(f"/paced?n={n}&pieces=8&gap=0.15"))
+        buf = bytearray(n)
+        assert await resp.readinto(memoryview(buf)) == n
+        assert bytes(buf) == pattern(n)
 
 
 @pytest.mark.parametrize("size", [10000, BIG], ids=["on-loop", "in-thread"])

@@ -12,6 +12,7 @@ each body in a fresh buffer of its own: the floor for any client that hands byte
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -164,6 +165,9 @@ def aiobotocore_async(p: Params, section: Section) -> dict[str, Any]:
 # --- the link reference: raw sockets, bytes dropped --------------------------------------------
 
 
+_HEAD_MAX = 16384
+
+
 class _Drain(asyncio.BufferedProtocol):
     """Reads one response; done when Content-Length bytes of body are in.
 
@@ -176,7 +180,17 @@ class _Drain(asyncio.BufferedProtocol):
     def __init__(self, keep: bool) -> None:
         self.keep = keep
         self.closed = False
+        self.sock: Any = None
+        self.lowat = 1
         self.reset(None)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.sock = transport.get_extra_info("socket")
+
+    def set_lowat(self, n: int) -> None:
+        """Wake only when ``n`` bytes are in: as few reads as the kernel allows (aisio does too)."""
+        self.lowat = max(n, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self.lowat)
 
     def reset(self, done: asyncio.Future[memoryview | None] | None) -> None:
         """Ready for the next response on this keep-alive connection."""
@@ -193,23 +207,32 @@ class _Drain(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.left < 0:
-            self.head += self.scratch[:nbytes]
-            end = self.head.find(b"\r\n\r\n")
+            # only the head's bytes are copied out; the body bytes of this read stay put
+            seen = len(self.head)
+            self.head += self.scratch[: min(nbytes, _HEAD_MAX)]
+            end = self.head.find(b"\r\n\r\n", max(seen - 3, 0))
             if end < 0:
+                if len(self.head) >= _HEAD_MAX:
+                    raise ConnectionError("response head over 16 KiB")
                 return
             length = 0
             for line in bytes(self.head[:end]).split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
-            early = self.head[end + 4:]
-            self.left = length - len(early)
+            body_at = end + 4 - seen  # where the body begins in this read
+            early = nbytes - body_at
+            self.left = length - early
             if self.keep:
                 self.body = memoryview(bytearray(length))
-                self.body[: len(early)] = early
-                self.pos = len(early)
+                self.body[:early] = self.scratch[body_at:nbytes]
+                self.pos = early
+            if self.left >= 128 * 1024:
+                self.set_lowat(min(self.left, 1 << 20))
         else:
             self.left -= nbytes
             self.pos += nbytes
+            if self.left < self.lowat:
+                self.set_lowat(self.left)
         if self.left <= 0 and self.done is not None and not self.done.done():
             self.done.set_result(self.body)
 
