@@ -35,7 +35,7 @@ def writable_view(buffer: Any) -> memoryview:
     through its data pointer (torch is never imported here); the caller keeps the tensor
     alive while the view is in use.
     """
-    if _is_tensor(buffer):
+    if type(buffer) not in (bytearray, memoryview) and _is_tensor(buffer):
         if buffer.device.type != "cpu":
             raise TypeError(f"only CPU tensors can be filled, got a tensor on {buffer.device}")
         if not buffer.is_contiguous():

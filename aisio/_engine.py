@@ -16,7 +16,7 @@ from typing import NoReturn
 import anyio
 import anyio.abc
 
-from ._backends._base import Backend, Body
+from ._backends._base import Backend, Body, HTTPBody
 from ._config import NEAR, ClientConfig
 from ._planner import Span, coalesce, split
 from ._retry import RetryPolicy, is_transient, retry_after_of
@@ -406,7 +406,9 @@ class Stream:
 
     async def _drop(self) -> None:
         body, self._body = self._body, None
-        if body is not None:
+        if isinstance(body, HTTPBody):
+            body.close()  # never waits, so a cancelled task closes it all the same
+        elif body is not None:
             with anyio.CancelScope(shield=True):
                 await body.aclose()
 

@@ -61,6 +61,7 @@ _COPIERS = 2  # worker threads per pool that copy large bodies from near servers
 _POLL = 0.05  # seconds a copying thread waits for data before it looks at its stop flag
 _LOWAT_MIN = 128 * 1024  # a direct read of at least this wakes the loop only when ...
 _LOWAT = 1024 * 1024  # ... all of it, or this much, has come
+_HEAD_READ = 4096  # a head ahead of a large body is read in pieces this big (most fit one)
 
 
 def _lowat_works() -> bool:
@@ -133,6 +134,8 @@ class _Conn(asyncio.BufferedProtocol):
         "_copier",
         "_end",
         "_filled",
+        "_head_cap",
+        "_head_in",
         "_last",
         "_loop",
         "_lowat",
@@ -184,6 +187,8 @@ class _Conn(asyncio.BufferedProtocol):
         self._stop: threading.Event | None = None  # set to stop a copying thread
         self._sock: Any = None  # the plain TCP socket, whose SO_RCVLOWAT we raise
         self._lowat = 1
+        self._head_cap = 0  # if set, reads before the head is in take at most this many bytes
+        self._head_in = False  # the head has come: what follows is the large body
         self.error: BaseException | None = None  # why the connection was lost, if it failed
         self.host = host  # the pool entry whose slot this connection holds while in use
         self.transport: asyncio.Transport | None = None
@@ -211,6 +216,8 @@ class _Conn(asyncio.BufferedProtocol):
             n = self._end - self._pos
             self._buf[:n] = self._buf[self._pos : self._end]
             self._pos, self._end = 0, n
+        if self._head_cap:
+            return self._mv[self._end : self._end + self._head_cap]
         return self._mv[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -227,10 +234,16 @@ class _Conn(asyncio.BufferedProtocol):
             self._target = None  # later bytes go to _buf until it is full
         else:
             self._end += nbytes
-            if self._end - self._pos >= _SPILL:  # full: the socket holds the rest
+            # Pause when _buf is full (the socket holds the rest), or when a read comes
+            # after the head of a large body: that body waits in the socket for the
+            # caller's view (asyncio runs the caller before reading again; uvloop does not).
+            if self._end - self._pos >= _SPILL or (self._head_cap and self._head_in):
                 self._paused = True
                 assert self.transport is not None
                 self.transport.pause_reading()
+            elif self._head_cap:
+                start = max(self._end - nbytes - 3, self._pos)
+                self._head_in = self._buf.find(b"\r\n\r\n", start, self._end) >= 0
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -243,6 +256,9 @@ class _Conn(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.error = exc
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._wake()
         writer = self._write_waiter
         if writer is not None and not writer.done():
@@ -279,7 +295,10 @@ class _Conn(asyncio.BufferedProtocol):
         self._lowat = n
 
     def _on_timer(self) -> None:
-        """Fail the wait if no byte came for read_timeout, else look again when it could."""
+        """Fail the wait if no byte came for read_timeout, else look again when it could.
+
+        Between waits the timer just lapses; a wait arms it again.
+        """
         self._timer = None
         waiter = self._waiter
         if waiter is None or waiter.done():
@@ -306,14 +325,12 @@ class _Conn(asyncio.BufferedProtocol):
             assert self.transport is not None
             self.transport.resume_reading()
         self._last = loop.time()
-        self._timer = loop.call_at(self._last + self._timeout, self._on_timer)
+        if self._timer is None:  # one timer per connection, re-armed only when it fires
+            self._timer = loop.call_at(self._last + self._timeout, self._on_timer)
         try:
             await waiter
         finally:
             self._waiter = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             if waiter.done() and not waiter.cancelled():
                 waiter.exception()  # retrieved, even if we were cancelled meanwhile
 
@@ -326,6 +343,7 @@ class _Conn(asyncio.BufferedProtocol):
         want = len(view)
         got = 0
         self.partial = 0
+        self._head_cap = 0
         while True:
             n = self._end - self._pos
             if n:
@@ -425,9 +443,15 @@ class _Conn(asyncio.BufferedProtocol):
         err.__cause__ = self.error
         return err
 
-    def send(self, head: bytes, body: bytes | memoryview | None) -> None:
-        """Queue a request on the transport; a closed transport shows up as EOF on read."""
+    def send(self, head: bytes, body: bytes | memoryview | None, large: bool = False) -> None:
+        """Queue a request on the transport; a closed transport shows up as EOF on read.
+
+        ``large``: a large body is expected, so its head is read alone, and reading pauses
+        after it until the body's first ``read_into``.
+        """
         self.received = 0
+        self._head_cap = _HEAD_READ if large else 0
+        self._head_in = False
         assert self.transport is not None
         self.transport.write(head)
         if body:
@@ -453,6 +477,7 @@ class _Conn(asyncio.BufferedProtocol):
 
     def park(self) -> None:
         """Keep reading while idle in the pool, so a server's close is noticed early."""
+        self._head_cap = 0
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
@@ -460,6 +485,9 @@ class _Conn(asyncio.BufferedProtocol):
     def abort(self) -> None:
         """Close now; nothing is written into a caller's buffer after this."""
         self._target = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._stop is not None:
             self._stop.set()
         if self.transport is not None:
@@ -592,6 +620,10 @@ class Response:
         """Release the connection: back to the pool if the body was read to the end, else closed."""
         self._abort()
 
+    def close(self) -> None:
+        """``aclose`` without a wait (it never waits): for callers that cannot be cancelled."""
+        self._abort()
+
     # -- internals --
 
     def _finish(self) -> None:
@@ -721,11 +753,15 @@ class HTTPPool:
         url: str,
         headers: Mapping[str, str] | None = None,
         body: bytes | memoryview | None = None,
+        *,
+        expected: int | None = None,
     ) -> Response:
         """Send one request and read its head; the body is left for ``Response.readinto``.
 
         The caller must read the body to the end or ``aclose()`` the response: until then
-        it holds one of the host's connections.
+        it holds one of the host's connections. ``expected``: the body size the caller
+        asked for (its Range); when large, the head is read alone, so that no body byte
+        passes through the connection's own buffer on its way to the caller's.
         """
         if self._closed:
             raise ClosedError("the HTTP pool is closed")
@@ -754,7 +790,8 @@ class HTTPPool:
                 if self._closed:  # closed while we connected
                     raise ClosedError("the HTTP pool is closed")
                 conn.where = where
-                return await self._exchange(conn, method, head, body)
+                large = expected is not None and expected >= _LOWAT_MIN
+                return await self._exchange(conn, method, head, body, large)
             except BaseException as exc:
                 if conn is None:
                     pool.slots.release()
@@ -843,10 +880,11 @@ class HTTPPool:
         return conn
 
     async def _exchange(
-        self, conn: _Conn, method: str, head: bytes, body: bytes | memoryview | None
+        self, conn: _Conn, method: str, head: bytes, body: bytes | memoryview | None,
+        large: bool = False,
     ) -> Response:
         sent = conn._loop.time()
-        conn.send(head, body)
+        conn.send(head, body, large)
         await conn.drain()
         while True:
             block = await conn.read_until(b"\r\n\r\n")

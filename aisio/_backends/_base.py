@@ -108,7 +108,11 @@ class HTTPBody:
         return await self._response.readinto(view)
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        self._response.close()
+
+    def close(self) -> None:
+        """Release the connection now; HTTP bodies close without waiting."""
+        self._response.close()
 
 
 def object_size_of(headers: Mapping[str, str]) -> int:

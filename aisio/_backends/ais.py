@@ -226,16 +226,19 @@ class AISBackend:
     async def _send(
         self, method: str, url: str, *, params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None, body: bytes | memoryview | None = None,
-        fast: bool = False,
+        fast: bool = False, expected: int | None = None,
     ) -> _Resp:
-        """One request, body unread; the token goes only to the gateway and its targets."""
+        """One request, body unread; the token goes only to the gateway and its targets.
+
+        ``fast``: on the zero-copy pool, whose ``expected`` is the body size the Range asks.
+        """
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
         hdrs = dict(headers or {})
         if self._token and self._origin(url) in self._trusted:
             hdrs["Authorization"] = f"Bearer {self._token}"
         if fast:
-            data = await self._pool.request(method, url, headers=hdrs, body=body)
+            data = await self._pool.request(method, url, headers=hdrs, body=body, expected=expected)
             return _Resp(data.status, data.headers, data)
         content: Any = body
         if isinstance(body, memoryview):
@@ -262,7 +265,7 @@ class AISBackend:
     async def _object_request(
         self, method: str, loc: Location, *, params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None, body: bytes | memoryview | None = None,
-        fast: bool = False,
+        fast: bool = False, expected: int | None = None,
     ) -> _Resp:
         """An object request: to the cached target, else via the gateway's redirect."""
         gateway = self._need_gateway(loc)
@@ -273,7 +276,7 @@ class AISBackend:
         if origin is not None:
             try:
                 resp = await self._send(method, origin + path, params=query, headers=headers,
-                                        body=body, fast=fast)
+                                        body=body, fast=fast, expected=expected)
             except (httpx.TransportError, OSError):
                 self._targets.pop(key, None)
                 raise
@@ -286,7 +289,7 @@ class AISBackend:
         # The gateway needs no body to redirect: do not upload it twice.
         probe = b"" if method == "PUT" else body
         resp = await self._send(method, gateway + path, params=query, headers=headers,
-                                body=probe, fast=fast)
+                                body=probe, fast=fast, expected=expected)
         target = await self._redirect_target(resp, gateway)
         if target is None:
             return resp
@@ -451,7 +454,8 @@ class AISBackend:
             params["etl_name"] = etl_name
             if etl_args:
                 params["etl_args"] = etl_args
-        resp = await self._object_request("GET", loc, params=params, headers=headers, fast=True)
+        resp = await self._object_request("GET", loc, params=params, headers=headers, fast=True,
+                                          expected=None if end is None else end - start)
         if resp.status == 416 and object_size_of(resp.headers) == start:
             await resp.aclose()
             return _EmptyBody(start, None)

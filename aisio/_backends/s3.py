@@ -352,7 +352,8 @@ class S3Backend:
             headers["Range"] = f"bytes={start}-"
         if etag:
             headers["If-Match"] = etag
-        response = await self._pool.request("GET", await self._signed_url(loc), headers)
+        response = await self._pool.request("GET", await self._signed_url(loc), headers,
+                                            expected=None if end is None else end - start)
         if response.status in (200, 206):
             try:
                 check_range(loc.url, response.status, response.headers.get("content-range"), start)
