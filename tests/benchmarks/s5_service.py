@@ -5,8 +5,10 @@ allocator, as in a service that has been up for a while); a request's latency is
 until its bytes are in hand. Each client is configured for the concurrency asked
 (connection pools of that size). The link reference is a client that does nothing but
 send the same requests over raw keep-alive sockets and drop the bytes: what the link and
-this machine allow at that concurrency, with no client work at all. A second reference keeps
-each body in a fresh buffer of its own: the floor for any client that hands bytes over.
+this machine allow at that concurrency, with no client work at all. It reads as few times
+as the kernel allows (SO_RCVLOWAT: one wake-up for the rest of a body, as aisio does) and
+copies nothing but the response head. A second reference keeps each body in a fresh buffer
+of its own: the floor for any client that hands bytes over.
 """
 
 from __future__ import annotations
