@@ -769,6 +769,19 @@ def test_runs_on_uvloop() -> None:
                     with pytest.raises(TimeoutError):
                         await read_all(resp, view_size)
                 assert pool.stats().reused == 4
+            async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=0.3) as pool:
+                # a large ranged body: head read alone, then the body in few reads, also
+                # when it came right behind the head (uvloop reads on at once: it pauses)
+                n = 1 << 20
+                for path in (f"/paced?n={n}&pieces=16", f"/data?n={n}"):
+                    before = pool.stats().reads
+                    resp = await pool.request("GET", srv.url(path), expected=n)
+                    buf = bytearray(n)
+                    assert await resp.readinto(memoryview(buf)) == n and bytes(buf) == pattern(n)
+                    assert pool.stats().reads - before <= 6, path
+                resp = await pool.request("GET", srv.url(f"/stall-body?n={n}"), expected=n)
+                with pytest.raises(TimeoutError):
+                    await read_all(resp, n)
         finally:
             await srv.stop()
 
