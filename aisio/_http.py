@@ -303,13 +303,13 @@ class _Conn(asyncio.BufferedProtocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._lowat > 1:  # bytes may be waiting under the low-water mark: read them
-            self._set_lowat(1)
-            self._timer = self._loop.call_later(min(self._timeout, 0.1), self._on_timer)
-            return
         due = self._last + self._timeout
         if self._loop.time() < due - 1e-3:
             self._timer = self._loop.call_at(due, self._on_timer)
+            return
+        if self._lowat > 1:  # bytes may be waiting under the low-water mark: read them
+            self._set_lowat(1)
+            self._timer = self._loop.call_later(min(self._timeout, 0.1), self._on_timer)
             return
         msg = f"no data from {self.where} for {self._timeout:g} s"
         waiter.set_exception(TimeoutError(msg))
