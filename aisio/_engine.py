@@ -16,7 +16,7 @@ from typing import NoReturn
 import anyio
 import anyio.abc
 
-from ._backends._base import Backend, Body, HTTPBody
+from ._backends._base import Backend, Body
 from ._config import NEAR, ClientConfig
 from ._planner import Span, coalesce, split
 from ._retry import RetryPolicy, is_transient, retry_after_of
@@ -382,7 +382,7 @@ class Stream:
                     raise ConnectionError(
                         f"body of {self.loc.url} ended early at byte {self.position}")
             except Exception as exc:
-                await self._drop()
+                self._drop()
                 if isinstance(exc, ObjectNotFoundError) and self.etag is not None:
                     raise  # the object vanished mid-read: no retry can help
                 self._failures += 1
@@ -401,16 +401,13 @@ class Stream:
             self.position += n
             engine._bytes += n
             if n == 0 or self.position >= (self.object_size if self.end is None else self.end):
-                await self._drop()
+                self._drop()
             return n
 
-    async def _drop(self) -> None:
+    def _drop(self) -> None:
         body, self._body = self._body, None
-        if isinstance(body, HTTPBody):
-            body.close()  # never waits, so a cancelled task closes it all the same
-        elif body is not None:
-            with anyio.CancelScope(shield=True):
-                await body.aclose()
+        if body is not None:
+            body.close()
 
     async def aclose(self) -> None:
-        await self._drop()
+        self._drop()

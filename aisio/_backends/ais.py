@@ -118,7 +118,7 @@ class _EmptyBody:
     async def readinto(self, view: memoryview) -> int:
         return 0
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         return None
 
 

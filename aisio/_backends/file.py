@@ -79,7 +79,7 @@ class _FileBody:
         self._pos += n
         return n
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
