@@ -16,7 +16,7 @@ from typing import NoReturn
 import anyio
 import anyio.abc
 
-from ._backends._base import Backend, Body
+from ._backends._base import Backend, Body, HTTPBody
 from ._config import NEAR, ClientConfig
 from ._planner import Span, coalesce, split
 from ._retry import RetryPolicy, is_transient, retry_after_of
@@ -382,7 +382,7 @@ class Stream:
                     raise ConnectionError(
                         f"body of {self.loc.url} ended early at byte {self.position}")
             except Exception as exc:
-                self._drop()
+                await self._drop()
                 if isinstance(exc, ObjectNotFoundError) and self.etag is not None:
                     raise  # the object vanished mid-read: no retry can help
                 self._failures += 1
@@ -401,13 +401,16 @@ class Stream:
             self.position += n
             engine._bytes += n
             if n == 0 or self.position >= (self.object_size if self.end is None else self.end):
-                self._drop()
+                await self._drop()
             return n
 
-    def _drop(self) -> None:
+    async def _drop(self) -> None:
         body, self._body = self._body, None
-        if body is not None:
-            body.close()
+        if isinstance(body, HTTPBody):
+            body.close()  # never waits, so a cancelled task closes it all the same
+        elif body is not None:
+            with anyio.CancelScope(shield=True):
+                await body.aclose()
 
     async def aclose(self) -> None:
-        self._drop()
+        await self._drop()

@@ -81,6 +81,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CTL = re.compile(r"[\r\n\x00]")
 _DIGITS = re.compile(r"[0-9]+")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
+_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\r\n]*)\r?$", re.MULTILINE)
 
 # How the end of a body is found.
 _NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
@@ -134,6 +135,7 @@ class _Conn(asyncio.BufferedProtocol):
         "_end",
         "_filled",
         "_head_cap",
+        "_head_in",
         "_last",
         "_loop",
         "_lowat",
@@ -185,7 +187,8 @@ class _Conn(asyncio.BufferedProtocol):
         self._stop: threading.Event | None = None  # set to stop a copying thread
         self._sock: Any = None  # the plain TCP socket, whose SO_RCVLOWAT we raise
         self._lowat = 1
-        self._head_cap = 0  # if set, a large body follows: reads take at most this many bytes
+        self._head_cap = 0  # if set, reads before the head is in take at most this many bytes
+        self._head_in = False  # the head has come: what follows is the large body
         self.error: BaseException | None = None  # why the connection was lost, if it failed
         self.host = host  # the pool entry whose slot this connection holds while in use
         self.transport: asyncio.Transport | None = None
@@ -221,25 +224,27 @@ class _Conn(asyncio.BufferedProtocol):
         self.host.reads += 1
         self.received += nbytes
         self._last = self._loop.time()
-        waiter = self._waiter
         if self._target is not None:
             self._filled += nbytes
             left = self._want - self._filled
-            if self._lowat > 1 and left < self._lowat:
+            if left < self._lowat:
                 self._set_lowat(left)
             if left > 0:
                 return
             self._target = None  # later bytes go to _buf until it is full
         else:
             self._end += nbytes
-            # Pause when _buf is full (the socket holds the rest), or when bytes nobody
-            # waits for come ahead of a large body: it stays in the socket for the caller's
-            # view (asyncio runs the caller before reading again; uvloop reads on at once).
-            unasked = waiter is None or waiter.done()
-            if self._end - self._pos >= _SPILL or (self._head_cap and unasked):
+            # Pause when _buf is full (the socket holds the rest), or when a read comes
+            # after the head of a large body: that body waits in the socket for the
+            # caller's view (asyncio runs the caller before reading again; uvloop does not).
+            if self._end - self._pos >= _SPILL or (self._head_cap and self._head_in):
                 self._paused = True
                 assert self.transport is not None
                 self.transport.pause_reading()
+            elif self._head_cap:
+                start = max(self._end - nbytes - 3, self._pos)
+                self._head_in = self._buf.find(b"\r\n\r\n", start, self._end) >= 0
+        waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -284,7 +289,7 @@ class _Conn(asyncio.BufferedProtocol):
         n = max(n, 1)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
-        except (OSError, ValueError):  # closed (uvloop says ValueError), or not TCP after all
+        except (OSError, ValueError, AttributeError):  # closed (uvloop: ValueError), or no TCP
             self._sock = None
             n = 1
         self._lowat = n
@@ -446,6 +451,7 @@ class _Conn(asyncio.BufferedProtocol):
         """
         self.received = 0
         self._head_cap = _HEAD_READ if large else 0
+        self._head_in = False
         assert self.transport is not None
         self.transport.write(head)
         if body:
@@ -479,6 +485,9 @@ class _Conn(asyncio.BufferedProtocol):
     def abort(self) -> None:
         """Close now; nothing is written into a caller's buffer after this."""
         self._target = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._stop is not None:
             self._stop.set()
         if self.transport is not None:
@@ -607,12 +616,12 @@ class Response:
             pieces.append(bytes(buf[:n]))
         return b"".join(pieces)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Release the connection: back to the pool if the body was read to the end, else closed."""
         self._abort()
 
-    async def aclose(self) -> None:
-        """``close()``, for ``async with`` and callers that treat every body alike."""
+    def close(self) -> None:
+        """``aclose`` without a wait (it never waits): for callers that cannot be cancelled."""
         self._abort()
 
     # -- internals --
@@ -1074,15 +1083,23 @@ def _request_head(
 
 def _parse_head(block: bytes, where: str) -> tuple[str, int, str, Headers]:
     """Version, status, reason and headers of a response head (without the blank line)."""
-    lines = block.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
+    text = block.decode("latin-1")
+    status_line, _, rest = text.partition("\r\n")
+    version, _, status = status_line.partition(" ")
+    code, _, reason = status.partition(" ")
     if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(code) or len(code) != 3:
-        msg = f"malformed status line from {where}: {lines[0][:60]!r}"
+        msg = f"malformed status line from {where}: {status_line[:60]!r}"
         raise RequestError(msg, url=where)
     fields: dict[str, str] = {}
+    found = _FIELD.findall(rest)
+    if len(found) == rest.count("\n") + bool(rest):  # every line a plain field: the usual case
+        for name, value in found:
+            name, value = name.lower(), value.strip(" \t")
+            fields[name] = f"{fields[name]}, {value}" if name in fields else value
+        return version, int(code), reason.strip(), Headers(fields)
+    lines = rest.split("\r\n") if rest else []
     last = ""
-    for line in lines[1:]:
+    for line in lines:
         name, sep, value = line.partition(":")
         if line[:1] in (" ", "\t") and last:  # obsolete line folding
             fields[last] += " " + line.strip()

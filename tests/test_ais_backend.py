@@ -48,7 +48,7 @@ async def _read(backend: AISBackend, loc: Location, start: int = 0, end: int | N
         while n := await body.readinto(buf):
             out += buf[:n]
     finally:
-        body.close()
+        await body.aclose()
     return bytes(out)
 
 
@@ -134,7 +134,7 @@ async def test_body_reports_object_size_and_etag(ais: LocalAIS, backend: AISBack
         assert await body.readinto(view) == 2 and view[:2] == b"34"
         assert await body.readinto(view) == 0
     finally:
-        body.close()
+        await body.aclose()
     empty = await backend.open_body(loc, 4, 4)
     assert (empty.object_size, await empty.readinto(view)) == (10, 0)
     with pytest.raises(RangeError):
@@ -151,7 +151,7 @@ async def test_readinto_any_buffer_format(backend: AISBackend, prefix: str) -> N
     try:
         assert await body.readinto(words) == 16
     finally:
-        body.close()
+        await body.aclose()
     assert words.tobytes() == bytes(range(16))
 
 
@@ -262,7 +262,7 @@ async def test_cut_body_fails_after_the_bytes_it_had(ais: LocalAIS, backend: AIS
         with pytest.raises(OSError):
             await body.readinto(view)
     finally:
-        body.close()
+        await body.aclose()
 
 
 # -- control plane: listing, writes, retries --

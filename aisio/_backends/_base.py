@@ -44,11 +44,8 @@ class Body(Protocol):
     async def readinto(self, view: memoryview) -> int:
         """Fill up to ``len(view)`` bytes; 0 means the body ended."""
 
-    def close(self) -> None:
-        """Release the connection (closed, not reused, if the body was not read to the end).
-
-        It never waits, so a cancelled read releases its connection all the same.
-        """
+    async def aclose(self) -> None:
+        """Release the connection (closed, not reused, if the body was not read to the end)."""
 
 
 class Upload(Protocol):
@@ -110,7 +107,11 @@ class HTTPBody:
     async def readinto(self, view: memoryview) -> int:
         return await self._response.readinto(view)
 
+    async def aclose(self) -> None:
+        self._response.close()
+
     def close(self) -> None:
+        """Release the connection now; HTTP bodies close without waiting."""
         self._response.close()
 
 

@@ -118,7 +118,7 @@ class _EmptyBody:
     async def readinto(self, view: memoryview) -> int:
         return 0
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         return None
 
 

@@ -79,7 +79,7 @@ class _FileBody:
         self._pos += n
         return n
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
