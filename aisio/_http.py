@@ -40,6 +40,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from ._config import NEAR
+from ._slots import Slots
 from ._url import redact
 from .errors import ClosedError, InvalidURLError, RequestError
 
@@ -81,7 +82,6 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CTL = re.compile(r"[\r\n\x00]")
 _DIGITS = re.compile(r"[0-9]+")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
-_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\r\n]*)\r?$", re.MULTILINE)
 
 # How the end of a body is found.
 _NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
@@ -227,7 +227,7 @@ class _Conn(asyncio.BufferedProtocol):
         if self._target is not None:
             self._filled += nbytes
             left = self._want - self._filled
-            if left < self._lowat:
+            if left < self._lowat > 1:  # raised (plain TCP only): lower it as the view fills
                 self._set_lowat(left)
             if left > 0:
                 return
@@ -498,7 +498,7 @@ class _Conn(asyncio.BufferedProtocol):
 class _Host:
     """The connections to one (scheme, host, port): a bound on how many, and the idle ones."""
 
-    slots: asyncio.Semaphore
+    slots: Slots
     idle: list[_Conn]
     reads: int = 0  # socket reads by its connections, for stats()
 
@@ -772,7 +772,7 @@ class HTTPPool:
         key = (scheme, host, port)
         pool = self._hosts.get(key)
         if pool is None:
-            pool = self._hosts[key] = _Host(asyncio.Semaphore(self._limit), [])
+            pool = self._hosts[key] = _Host(Slots(self._limit), [])
         retried = False
         while True:
             await pool.slots.acquire()
@@ -892,11 +892,13 @@ class HTTPPool:
             if not 100 <= status < 200:
                 break
         keep = version == "HTTP/1.1"
-        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-        if "close" in tokens:
-            keep = False
-        elif "keep-alive" in tokens:
-            keep = True
+        connection = headers.get("connection")
+        if connection is not None:
+            tokens = {t.strip().lower() for t in connection.split(",")}
+            if "close" in tokens:
+                keep = False
+            elif "keep-alive" in tokens:
+                keep = True
         length = _content_length(headers, conn.where)
         coding = headers.get("transfer-encoding")
         if method == "HEAD" or status in (204, 304):
@@ -1053,6 +1055,18 @@ def _parse_url(url: str) -> tuple[str, str, int, str, str, str]:
     return scheme, host, port, authority, target, where
 
 
+_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
+_NAMES: dict[str, str] = {}  # header names already found to be tokens -> lower case
+
+
+def _valid_name(name: str) -> str:
+    """``name`` (a token) in lower case, remembered so its next use skips the check."""
+    lower = name.lower()
+    if len(_NAMES) < 1024:  # names from servers and callers could be endless
+        _NAMES[name] = lower
+    return lower
+
+
 def _request_head(
     method: str,
     authority: str,
@@ -1061,14 +1075,19 @@ def _request_head(
     body: bytes | memoryview | None,
 ) -> bytes:
     """The request line and header block; Host and Content-Length added unless given."""
-    if not _TOKEN.fullmatch(method):
+    if method not in _METHODS and not _TOKEN.fullmatch(method):
         raise ValueError(f"invalid HTTP method {method!r}")
     lines = [f"{method} {target} HTTP/1.1\r\n"]
     names = set()
     for name, value in (headers or {}).items():
-        if not _TOKEN.fullmatch(name) or _CTL.search(value):
+        lower = _NAMES.get(name)
+        if lower is None:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"invalid HTTP header {name!r}")
+            lower = _valid_name(name)
+        if _CTL.search(value):
             raise ValueError(f"invalid HTTP header {name!r}")  # never echo the value
-        names.add(name.lower())
+        names.add(lower)
         lines.append(f"{name}: {value}\r\n")
     if "host" not in names:
         lines.insert(1, f"Host: {authority}\r\n")
@@ -1083,32 +1102,29 @@ def _request_head(
 
 def _parse_head(block: bytes, where: str) -> tuple[str, int, str, Headers]:
     """Version, status, reason and headers of a response head (without the blank line)."""
-    text = block.decode("latin-1")
-    status_line, _, rest = text.partition("\r\n")
+    lines = block.decode("latin-1").split("\r\n")
+    status_line = lines[0]
     version, _, status = status_line.partition(" ")
     code, _, reason = status.partition(" ")
     if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(code) or len(code) != 3:
         msg = f"malformed status line from {where}: {status_line[:60]!r}"
         raise RequestError(msg, url=where)
     fields: dict[str, str] = {}
-    found = _FIELD.findall(rest)
-    if len(found) == rest.count("\n") + bool(rest):  # every line a plain field: the usual case
-        for name, value in found:
-            name, value = name.lower(), value.strip(" \t")
-            fields[name] = f"{fields[name]}, {value}" if name in fields else value
-        return version, int(code), reason.strip(), Headers(fields)
-    lines = rest.split("\r\n") if rest else []
     last = ""
-    for line in lines:
+    for i in range(1, len(lines)):
+        line = lines[i]
         name, sep, value = line.partition(":")
-        if line[:1] in (" ", "\t") and last:  # obsolete line folding
-            fields[last] += " " + line.strip()
-            continue
-        if not sep or not _TOKEN.fullmatch(name):
-            raise RequestError(f"malformed header line from {where}: {line[:60]!r}", url=where)
-        last = name.lower()
+        lower = _NAMES.get(name) if sep else None
+        if lower is None:
+            if line[:1] in (" ", "\t") and last:  # obsolete line folding
+                fields[last] += " " + line.strip()
+                continue
+            if not sep or not _TOKEN.fullmatch(name):
+                raise RequestError(f"malformed header line from {where}: {line[:60]!r}", url=where)
+            lower = _valid_name(name)
+        last = lower
         value = value.strip(" \t")
-        fields[last] = f"{fields[last]}, {value}" if last in fields else value
+        fields[lower] = f"{fields[lower]}, {value}" if lower in fields else value
     return version, int(code), reason.strip(), Headers(fields)
 
 
@@ -1117,6 +1133,8 @@ def _content_length(headers: Headers, where: str) -> int | None:
     raw = headers.get("content-length")
     if raw is None:
         return None
+    if raw.isascii() and raw.isdigit():  # the usual case: one plain number
+        return int(raw)
     values = {v.strip() for v in raw.split(",")}
     if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
         raise RequestError(f"malformed Content-Length from {where}: {raw[:40]!r}", url=where)

@@ -68,6 +68,23 @@ def parse_url(url: object) -> Location:
     """Parse an object URL or a local path; raise InvalidURLError naming it if it is not one."""
     if isinstance(url, Location):
         return url
+    if type(url) is str:
+        hit = _PARSED.get(url)
+        if hit is not None:
+            return hit
+        loc = _parse(url)
+        if "://" in url:  # a relative path's meaning changes with the working directory
+            if len(_PARSED) >= 4096:
+                _PARSED.clear()
+            _PARSED[url] = loc
+        return loc
+    return _parse(url)
+
+
+_PARSED: dict[str, Location] = {}  # object URLs seen lately; a Location is immutable
+
+
+def _parse(url: object) -> Location:
     if isinstance(url, os.PathLike):
         url = os.fspath(url)
     if not isinstance(url, str):

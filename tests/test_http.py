@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -232,6 +232,13 @@ async def r_garbage(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
     return False
 
 
+async def r_raw_head(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    """A head as given in ?lines= (fields split by '|'), then the body 'hello'."""
+    fields = req.query.get("lines", "").split("|")
+    w.write(("\r\n".join(["HTTP/1.1 200 OK", *fields]) + "\r\n\r\nhello").encode("latin-1"))
+    return False
+
+
 async def r_big_head(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
     w.write(b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n")
     return False
@@ -269,6 +276,7 @@ ROUTES: dict[str, Route] = {
     "/slow-head": r_slow_head,
     "/garbage": r_garbage,
     "/big-head": r_big_head,
+    "/raw-head": r_raw_head,
     "/put": r_put,
     "/no-content": r_no_content,
     "/interim": r_interim,
@@ -620,6 +628,21 @@ async def test_malformed_responses_raise_request_error(server: Server, pool: HTT
         await pool.request("GET", server.url("/garbage"))
     with pytest.raises(RequestError, match="over 65536 bytes"):
         await pool.request("GET", server.url("/big-head"))
+
+
+async def test_response_heads_are_read_as_http_1_1_says(server: Server, pool: HTTPPool) -> None:
+    lines = ["Content-LENGTH: 5, 5", "X-Multi: a", "x-multi:  b ", "X-Folded: one", "\t two",
+             "ETag: \"MiXeD\""]
+    resp = await pool.request("GET", server.url("/raw-head?lines=" + quote("|".join(lines))))
+    assert dict(resp.headers) == {"content-length": "5, 5", "x-multi": "a, b",
+                                  "x-folded": "one two", "etag": '"MiXeD"'}
+    assert (resp.content_length, await resp.read()) == (5, b"hello")
+    for bad, match in [("No colon here", "malformed header line"),
+                       ("Bad Name: x", "malformed header line"),
+                       ("Content-Length: 5, 6", "malformed Content-Length"),
+                       ("Content-Length: \u00b2", "malformed Content-Length")]:
+        with pytest.raises(RequestError, match=match):
+            await pool.request("GET", server.url("/raw-head?lines=" + quote(bad)))
 
 
 async def test_messages_never_carry_the_query(server: Server, pool: HTTPPool) -> None:
