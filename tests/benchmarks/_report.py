@@ -86,16 +86,20 @@ NOTES: dict[str, str] = {
     ),
     "5": (
         "Both raw-socket references read as the kernel allows (SO_RCVLOWAT: one wake-up "
-        "for the rest of a body) and copy only the head; until November 2026 the link "
-        "reference read as bytes came and copied each first read, and measured 1.7 GB/s, "
-        "not 3.0. aisio now does the same: the head of a large ranged body is read alone, "
-        "the body waits in the socket for the caller's buffer and lands in one read (2 "
-        "socket reads per 1 MiB range, not 7). get_into went from 1.43 to 2.66 GB/s and "
-        "spends 0.30 CPU-s per burst against the reference's 0.25; the rest is about 50 "
-        "us of Python per request (engine, pool, head parsing; py-spy: gc 6%, eval 5%). "
-        "get() hands over fresh memory: in a fresh process every burst faults in 1 GiB, "
-        "as the 'keeping the bytes' reference does (1.07 GB/s against get()'s 1.22). "
-        "obstore spreads its work over a Rust thread pool (1.3 CPU-s per burst)."
+        "for the rest of a body) and copy only the head. aisio does the same: the head of a "
+        "large ranged body is read alone, the body waits in the socket for the caller's "
+        "buffer and lands in one read (2 socket reads per 1 MiB range). get_into swings "
+        "between runs (2.0 to 2.8 GB/s; 0.90x the reference in one full run, 0.78x in the "
+        "next) with its CPU per burst (0.32 to 0.40 CPU-s against the reference's 0.25). "
+        "Most of the swing is the garbage collector: the client's head() builds a botocore "
+        "client, 66,000 more objects to trace, and a burst that meets a full collection "
+        "pays 65 ms for it (gc callbacks, 4 bursts in one process: 2.76, 2.77, 2.57 with "
+        "the full collection, 2.83 GB/s); young collections cost 10 to 20 ms a burst. "
+        "Python per request: 67 us for a 1 KiB range through the client, 47 through the "
+        "HTTP pool alone, 25 for the raw reference (asyncio, 1,000 in flight). get() hands "
+        "over fresh memory: every burst faults in 1 GiB, as the 'keeping the bytes' "
+        "reference does. obstore spreads its work over a Rust thread pool (1.3 CPU-s per "
+        "burst)."
     ),
 }
 
