@@ -4,7 +4,8 @@ aiobotocore brings signing, the credential chain, regions and endpoints, and doe
 control request. Data GETs go through aisio's zero-copy pool (``aisio._http``) with a
 presigned URL per object, because aiobotocore's body reads (aiohttp, then a copy) run
 at about half the speed of the socket. With explicit keys and a plain endpoint, those
-URLs are signed here (``_sigv4``), so a reading process never imports botocore.
+URLs, and HEADs, are signed here (``_sigv4``), so a reading process never imports
+botocore: its start-up, and the 66,000 objects every full garbage collection traces.
 Retries are ours (``aisio._retry``), so botocore's own are off and one policy governs
 every request.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import email.utils
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -295,10 +297,32 @@ class S3Backend:
 
     async def head(self, loc: Location) -> ObjectInfo:
         self._need_key(loc)
+        plain = self._plain_url(loc)
+        if plain is not None:  # signed here, sent by our pool: a reader never imports botocore
+            return await retrying(lambda: self._signed_head(loc, *plain), self._policy, loc.url,
+                                  anyio.sleep)
         client = await self._client()
         r = await self._retry(loc, client.head_object, **self._params(loc))
         return ObjectInfo(loc.url, int(r["ContentLength"]), r.get("ETag"), r.get("LastModified"),
                           r.get("VersionId"))
+
+    async def _signed_head(self, loc: Location, base: str, path: str) -> ObjectInfo:
+        assert self._signer is not None
+        url = self._signer.presign(base, path, _PRESIGN_SECONDS, method="HEAD")
+        response = await self._pool.request("HEAD", url)
+        response.close()  # no body: the connection is back in the pool already
+        headers = response.headers
+        if response.status != 200:
+            raise _http_error(loc, response.status, b"", headers)
+        size = headers.get("content-length", "")
+        if not (size.isascii() and size.isdigit()):
+            raise RequestError(f"{loc.url}: HEAD answered without a valid Content-Length",
+                               url=loc.url)
+        modified = None
+        with contextlib.suppress(TypeError, ValueError):
+            modified = email.utils.parsedate_to_datetime(headers.get("last-modified"))
+        return ObjectInfo(loc.url, int(size), headers.get("etag"), modified,
+                          headers.get("x-amz-version-id"))
 
     async def list(self, loc: Location, *, recursive: bool = True) -> AsyncIterator[ObjectInfo]:
         client = await self._client()
@@ -328,7 +352,7 @@ class S3Backend:
         plain = self._plain_url(loc)
         if plain is not None:
             assert self._signer is not None
-            url = self._signer.presign_get(*plain, _PRESIGN_SECONDS)
+            url = self._signer.presign(*plain, _PRESIGN_SECONDS)
         else:
             client = await self._client()
             params: dict[str, Any] = {"Bucket": loc.bucket, "Key": loc.key}
