@@ -59,7 +59,11 @@ async def test_secrets_never_appear_in_errors_or_logs(
         access_key_id="AKIA", secret_access_key=SECRET, session_token=TOKEN))
     caplog.set_level(logging.DEBUG)
     async with aisio.AsyncClient(cfg) as c:
-        for call in (c.get("s3://no-such-bucket/k"), c.head("s3://aisio-test/missing")):
+
+        async def listing() -> None:  # a control request: botocore signs and logs it
+            [i async for i in c.list("s3://no-such-bucket/")]
+
+        for call in (c.get("s3://no-such-bucket/k"), c.head("s3://aisio-test/missing"), listing()):
             with pytest.raises(aisio.AisioError) as info:
                 await call
             assert SECRET not in f"{info.value!r} {info.value}"
