@@ -58,9 +58,9 @@ NOTES: dict[str, str] = {
         "(first response head within 10 ms) gets 16 parts in flight, not 64 (2.1 to 2.8 "
         "GB/s), and 2 worker threads copy its large bodies, so a second core copies "
         "(in-process A/B, 12 alternating runs: 2.51 to 2.72 GB/s). The ratios swing by "
-        "15% between full runs on this shared machine (sync: 1.54x obstore in one, 1.31x "
-        "in the next; old and new code alternating in-process: 2.54 vs 2.48, then 2.73 "
-        "vs 2.73 GB/s)."
+        "15% between full runs on this shared machine (async: 1.54x obstore in one, 1.28x "
+        "in the next; in-process, async, sync on uvloop and sync on asyncio alternating: "
+        "2.45, 2.41 and 2.43 GB/s for the first read of a process)."
     ),
     "2": (
         "Before aisio signed S3 GETs itself, dcp.load spent about 0.45 CPU-s importing and "
@@ -87,19 +87,16 @@ NOTES: dict[str, str] = {
     "5": (
         "Both raw-socket references read as the kernel allows (SO_RCVLOWAT: one wake-up "
         "for the rest of a body) and copy only the head. aisio does the same: the head of a "
-        "large ranged body is read alone, the body waits in the socket for the caller's "
-        "buffer and lands in one read (2 socket reads per 1 MiB range). get_into swings "
-        "between runs (2.0 to 2.8 GB/s; 0.90x the reference in one full run, 0.78x in the "
-        "next) with its CPU per burst (0.32 to 0.40 CPU-s against the reference's 0.25). "
-        "Most of the swing is the garbage collector: the client's head() builds a botocore "
-        "client, 66,000 more objects to trace, and a burst that meets a full collection "
-        "pays 65 ms for it (gc callbacks, 4 bursts in one process: 2.76, 2.77, 2.57 with "
-        "the full collection, 2.83 GB/s); young collections cost 10 to 20 ms a burst. "
-        "Python per request: 67 us for a 1 KiB range through the client, 47 through the "
-        "HTTP pool alone, 25 for the raw reference (asyncio, 1,000 in flight). get() hands "
-        "over fresh memory: every burst faults in 1 GiB, as the 'keeping the bytes' "
-        "reference does. obstore spreads its work over a Rust thread pool (1.3 CPU-s per "
-        "burst)."
+        "large ranged body is read alone and the body lands in one read (2 socket reads per "
+        "1 MiB range). get_into spends 0.32 CPU-s per burst against the reference's 0.26: "
+        "Python per request, 67 us for a 1 KiB range through the client, 47 through the "
+        "HTTP pool alone, 25 for the raw reference (asyncio, 1,000 in flight). Its swings "
+        "between runs (0.90x, then 0.78x, in two full runs) came mostly from the garbage "
+        "collector: head() built a botocore client, 66,000 more objects to trace, and a "
+        "burst that met a full collection paid 65 ms for it. HEAD is now signed by aisio "
+        "too (this run: 2.52-2.63 GB/s, against 2.05-2.64 the run before). get() hands over "
+        "fresh memory: every burst faults in 1 GiB, as the 'keeping the bytes' reference "
+        "does. obstore spreads its work over a Rust thread pool (1.4 CPU-s per burst)."
     ),
 }
 
