@@ -227,7 +227,7 @@ class _Conn(asyncio.BufferedProtocol):
         if self._target is not None:
             self._filled += nbytes
             left = self._want - self._filled
-            if left < self._lowat > 1:  # raised (plain TCP only): lower it as the view fills
+            if self._lowat > 1 and left < self._lowat:  # raised (plain TCP): lower it as it fills
                 self._set_lowat(left)
             if left > 0:
                 return
@@ -1059,11 +1059,13 @@ _METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"
 _NAMES: dict[str, str] = {}  # header names already found to be tokens -> lower case
 
 
-def _valid_name(name: str) -> str:
-    """``name`` (a token) in lower case, remembered so its next use skips the check."""
-    lower = name.lower()
-    if len(_NAMES) < 1024:  # names from servers and callers could be endless
-        _NAMES[name] = lower
+def _header_name(name: str) -> str | None:
+    """``name`` in lower case if it is a valid field name (a token), else None; remembered."""
+    lower = _NAMES.get(name)
+    if lower is None and _TOKEN.fullmatch(name):
+        lower = name.lower()
+        if len(_NAMES) < 1024:  # names from servers and callers could be endless
+            _NAMES[name] = lower
     return lower
 
 
@@ -1080,12 +1082,8 @@ def _request_head(
     lines = [f"{method} {target} HTTP/1.1\r\n"]
     names = set()
     for name, value in (headers or {}).items():
-        lower = _NAMES.get(name)
-        if lower is None:
-            if not _TOKEN.fullmatch(name):
-                raise ValueError(f"invalid HTTP header {name!r}")
-            lower = _valid_name(name)
-        if _CTL.search(value):
+        lower = _header_name(name)
+        if lower is None or _CTL.search(value):
             raise ValueError(f"invalid HTTP header {name!r}")  # never echo the value
         names.add(lower)
         lines.append(f"{name}: {value}\r\n")
@@ -1111,17 +1109,14 @@ def _parse_head(block: bytes, where: str) -> tuple[str, int, str, Headers]:
         raise RequestError(msg, url=where)
     fields: dict[str, str] = {}
     last = ""
-    for i in range(1, len(lines)):
-        line = lines[i]
+    for line in lines[1:]:
         name, sep, value = line.partition(":")
-        lower = _NAMES.get(name) if sep else None
+        lower = (_NAMES.get(name) or _header_name(name)) if sep else None  # hit: no call
         if lower is None:
             if line[:1] in (" ", "\t") and last:  # obsolete line folding
                 fields[last] += " " + line.strip()
                 continue
-            if not sep or not _TOKEN.fullmatch(name):
-                raise RequestError(f"malformed header line from {where}: {line[:60]!r}", url=where)
-            lower = _valid_name(name)
+            raise RequestError(f"malformed header line from {where}: {line[:60]!r}", url=where)
         last = lower
         value = value.strip(" \t")
         fields[lower] = f"{fields[lower]}, {value}" if lower in fields else value

@@ -314,14 +314,12 @@ class S3Backend:
         headers = response.headers
         if response.status != 200:
             raise _http_error(loc, response.status, b"", headers)
-        size = headers.get("content-length", "")
-        if not (size.isascii() and size.isdigit()):
-            raise RequestError(f"{loc.url}: HEAD answered without a valid Content-Length",
-                               url=loc.url)
+        if response.content_length is None:  # the pool has parsed and checked it
+            raise RequestError(f"{loc.url}: HEAD answered without a Content-Length", url=loc.url)
         modified = None
         with contextlib.suppress(TypeError, ValueError):
             modified = email.utils.parsedate_to_datetime(headers.get("last-modified"))
-        return ObjectInfo(loc.url, int(size), headers.get("etag"), modified,
+        return ObjectInfo(loc.url, response.content_length, headers.get("etag"), modified,
                           headers.get("x-amz-version-id"))
 
     async def list(self, loc: Location, *, recursive: bool = True) -> AsyncIterator[ObjectInfo]:
