@@ -218,6 +218,9 @@ async def test_max_concurrency_holds_and_cancelled_waiters_give_their_slots_back
             async with anyio.create_task_group() as tg:
                 for key in blobs:
                     tg.start_soon(one, key)
+    with anyio.move_on_after(5):  # the proxy marks a GET finished just after its last byte
+        while len([x for x in rig.data_gets() if x.finished]) < len(blobs):
+            await anyio.sleep(0.01)
     assert got == blobs
     gets = [x for x in rig.data_gets() if x.finished]
     assert len(gets) >= len(blobs)
