@@ -27,6 +27,7 @@ __all__ = ["Engine", "Statistics", "Stream"]
 
 _DISCARD = 2**20  # scratch for the gap bytes a coalesced GET reads between segments
 _FANOUT = 16  # parts of one read in flight at once from a near server
+_EMPTY = memoryview(b"")
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,15 @@ class Engine:
             return memoryview(b""), -1, etag
         # the first part takes a slot of its own, handed on to the task that finishes it
         stream = Stream(self, backend, loc, start, start + first, etag)
-        await self.limiter.acquire()
+        if not self.limiter.take():
+            await self.limiter.acquire()
         handed = False
         try:
             if size is None:
-                await self._open(stream)
+                try:
+                    await stream.readinto(_EMPTY)  # sends the GET: the head tells size and etag
+                except RangeError:  # a range at or past the end: a HEAD tells the size
+                    stream.object_size = stream.end = (await backend.head(loc)).size
                 self._latency[id(backend), loc.bucket] = stream.latency
                 size, etag = stream.object_size, stream.etag
             if start > size or (end is not None and end > size):
@@ -228,21 +233,19 @@ class Engine:
             finally:
                 await stream.aclose()
 
-    async def _open(self, stream: Stream) -> None:
-        """Send the first part's GET; a range at or past the end learns the size from a HEAD."""
-        try:
-            await stream.open()
-        except RangeError:
-            stream.object_size = (await stream._backend.head(stream.loc)).size
-            stream.end = stream.object_size
-
     async def _finish(self, stream: Stream, view: memoryview) -> None:
         """Fill ``view`` from the open first part, then close it and free its slot."""
         try:
-            got = await stream.fill(view)
+            # one read fills a part on the way in (the HTTP pool's reads are whole);
+            # stream.fill's loop is for bodies that come in pieces (files, httpx)
+            got = await stream.readinto(view)
+            if got < len(view):
+                got += await stream.fill(view[got:])
         finally:
-            await stream.aclose()
+            body = stream.detach()  # None once the range was read to its end
             self.limiter.release()
+            if body is not None:
+                await _aclose(body)
         if got < len(view):
             url = stream.loc.url
             raise ObjectChangedError(f"{url} is shorter than when the read began", url=url)
@@ -254,7 +257,8 @@ class Engine:
         """Fill ``view`` exactly with one part, holding one slot of the read and of the client."""
         async with fanout:
             stream = Stream(self, backend, loc, start, start + len(view), etag)
-            await self.limiter.acquire()
+            if not self.limiter.take():
+                await self.limiter.acquire()
             await self._finish(stream, view)
 
 
@@ -299,10 +303,6 @@ class Stream:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def open(self) -> None:
-        """Send the request now (reads do it lazily) to learn the size and etag."""
-        await self.readinto(memoryview(b""))
-
     async def fill(self, view: memoryview) -> int:
         """Read until ``view`` is full or the range ends; returns the bytes written."""
         got = 0
@@ -341,7 +341,7 @@ class Stream:
                     raise ConnectionError(
                         f"body of {self.loc.url} ended early at byte {self.position}")
             except Exception as exc:
-                await self._drop()
+                await self.aclose()
                 if isinstance(exc, ObjectNotFoundError) and self.etag is not None:
                     raise  # the object vanished mid-read: no retry can help
                 self._failures += 1
@@ -360,16 +360,25 @@ class Stream:
             self.position += n
             engine._bytes += n
             if n == 0 or self.position >= (self.object_size if self.end is None else self.end):
-                await self._drop()
+                body = self.detach()  # the range is done: free its connection now
+                if body is not None:
+                    await _aclose(body)
             return n
 
-    async def _drop(self) -> None:
+    def detach(self) -> Body | None:
+        """Forget the body: an HTTP body is closed here (that never waits), another returned."""
         body, self._body = self._body, None
         if isinstance(body, HTTPBody):
-            body.close()  # never waits, so a cancelled task closes it all the same
-        elif body is not None:
-            with anyio.CancelScope(shield=True):
-                await body.aclose()
+            body.close()
+            return None
+        return body
 
     async def aclose(self) -> None:
-        await self._drop()
+        await _aclose(self.detach())
+
+
+async def _aclose(body: Body | None) -> None:
+    """Close a detached body (if any), shielded, so a cancelled read still releases it."""
+    if body is not None:
+        with anyio.CancelScope(shield=True):
+            await body.aclose()

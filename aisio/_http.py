@@ -313,11 +313,16 @@ class _Conn(asyncio.BufferedProtocol):
             return
         msg = f"no data from {self.where} for {self._timeout:g} s"
         waiter.set_exception(TimeoutError(msg))
+        waiter.exception()  # marked retrieved: a waiter cancelled meanwhile logs nothing
 
     # -- used by the pool and the response --
 
-    async def _wait(self) -> None:
-        """Read until buffer_updated or EOF wakes us; TimeoutError after read_timeout idle."""
+    def _wait(self) -> asyncio.Future[None]:
+        """A future that buffer_updated or EOF completes, or read_timeout idle fails (await it).
+
+        A plain function, not a coroutine: every request waits twice (head, body), and a
+        coroutine per wait was a tenth of the objects the collector had to trace.
+        """
         loop = self._loop
         self._waiter = waiter = loop.create_future()
         if self._paused:
@@ -327,12 +332,7 @@ class _Conn(asyncio.BufferedProtocol):
         self._last = loop.time()
         if self._timer is None:  # one timer per connection, re-armed only when it fires
             self._timer = loop.call_at(self._last + self._timeout, self._on_timer)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if waiter.done() and not waiter.cancelled():
-                waiter.exception()  # retrieved, even if we were cancelled meanwhile
+        return waiter
 
     async def read_into(self, view: memoryview) -> int:
         """Fill ``view``: buffered bytes first, then straight from the socket; short only at EOF.
@@ -775,7 +775,8 @@ class HTTPPool:
             pool = self._hosts[key] = _Host(Slots(self._limit), [])
         retried = False
         while True:
-            await pool.slots.acquire()
+            if not pool.slots.take():
+                await pool.slots.acquire()
             conn = None
             reused = False
             try:
@@ -790,8 +791,18 @@ class HTTPPool:
                 if self._closed:  # closed while we connected
                     raise ClosedError("the HTTP pool is closed")
                 conn.where = where
-                large = expected is not None and expected >= _LOWAT_MIN
-                return await self._exchange(conn, method, head, body, large)
+                sent = conn._loop.time()
+                conn.send(head, body, expected is not None and expected >= _LOWAT_MIN)
+                if conn._write_waiter is not None:
+                    await conn.drain()
+                while True:
+                    block = await conn.read_until(b"\r\n\r\n")
+                    version, status, reason, headers = _parse_head(block, where)
+                    if not 100 <= status < 200:
+                        break
+                response = self._response(conn, method, version, status, reason, headers)
+                response.waited = conn.waited = conn._loop.time() - sent
+                return response
             except BaseException as exc:
                 if conn is None:
                     pool.slots.release()
@@ -879,18 +890,10 @@ class HTTPPool:
         self._opened += 1
         return conn
 
-    async def _exchange(
-        self, conn: _Conn, method: str, head: bytes, body: bytes | memoryview | None,
-        large: bool = False,
+    def _response(
+        self, conn: _Conn, method: str, version: str, status: int, reason: str, headers: Headers
     ) -> Response:
-        sent = conn._loop.time()
-        conn.send(head, body, large)
-        await conn.drain()
-        while True:
-            block = await conn.read_until(b"\r\n\r\n")
-            version, status, reason, headers = _parse_head(block, conn.where)
-            if not 100 <= status < 200:
-                break
+        """The response a head describes: how its body ends, and whether the connection stays."""
         keep = version == "HTTP/1.1"
         connection = headers.get("connection")
         if connection is not None:
@@ -910,9 +913,7 @@ class HTTPPool:
             mode = _LENGTH
         else:
             mode, keep = _CLOSE, False
-        response = Response(self, conn, status, reason, headers, length, mode, keep)
-        response.waited = conn.waited = conn._loop.time() - sent
-        return response
+        return Response(self, conn, status, reason, headers, length, mode, keep)
 
 
 class _Copier:

@@ -9,8 +9,8 @@ A backend maps its store's failures to ``aisio.errors`` (or leaves transport err
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._types import ObjectInfo
 from .._url import Location
@@ -98,14 +98,16 @@ class Backend(Protocol):
 class HTTPBody:
     """A data GET's body on the zero-copy pool, with what its headers say of the object."""
 
+    __slots__ = ("_response", "etag", "latency", "object_size")
+
     def __init__(self, response: Response, object_size: int, etag: str | None) -> None:
         self._response = response
         self.object_size = object_size
         self.etag = etag
         self.latency = response.waited
 
-    async def readinto(self, view: memoryview) -> int:
-        return await self._response.readinto(view)
+    def readinto(self, view: memoryview) -> Coroutine[Any, Any, int]:
+        return self._response.readinto(view)  # the response's own coroutine: one level less
 
     async def aclose(self) -> None:
         self._response.close()

@@ -95,7 +95,7 @@ def touched_buffer(size: int) -> memoryview:
     """A bytearray whose pages are already mapped: no reader pays page faults for it."""
     buf = bytearray(size)
     view = memoryview(buf)
-    ones = b"\1" * (64 * MiB)
+    ones = b"\1" * min(size, 64 * MiB)
     for pos in range(0, size, len(ones)):
         view[pos : pos + len(ones)] = ones[: size - pos]
     return view
