@@ -303,6 +303,10 @@ class Stream:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    async def open(self) -> None:
+        """Send the request now (reads do it lazily) to learn the size and etag."""
+        await self.readinto(_EMPTY)
+
     async def fill(self, view: memoryview) -> int:
         """Read until ``view`` is full or the range ends; returns the bytes written."""
         got = 0
