@@ -8,9 +8,9 @@ first response, so a retried read never refetches bytes nor mixes object version
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
@@ -91,13 +91,12 @@ class Engine:
             return memoryview(b""), -1, etag
         # the first part takes a slot of its own, handed on to the task that finishes it
         stream = Stream(self, backend, loc, start, start + first, etag)
-        if not self.limiter.take():
-            await self.limiter.acquire()
+        await self.limiter.acquire()
         handed = False
         try:
             if size is None:
                 try:
-                    await stream.readinto(_EMPTY)  # sends the GET: the head tells size and etag
+                    await stream.open()  # the head tells size and etag
                 except RangeError:  # a range at or past the end: a HEAD tells the size
                     stream.object_size = stream.end = (await backend.head(loc)).size
                 self._latency[id(backend), loc.bucket] = stream.latency
@@ -242,10 +241,8 @@ class Engine:
             if got < len(view):
                 got += await stream.fill(view[got:])
         finally:
-            body = stream.detach()  # None once the range was read to its end
             self.limiter.release()
-            if body is not None:
-                await _aclose(body)
+            await stream.aclose()
         if got < len(view):
             url = stream.loc.url
             raise ObjectChangedError(f"{url} is shorter than when the read began", url=url)
@@ -257,8 +254,7 @@ class Engine:
         """Fill ``view`` exactly with one part, holding one slot of the read and of the client."""
         async with fanout:
             stream = Stream(self, backend, loc, start, start + len(view), etag)
-            if not self.limiter.take():
-                await self.limiter.acquire()
+            await self.limiter.acquire()
             await self._finish(stream, view)
 
 
@@ -303,9 +299,12 @@ class Stream:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def open(self) -> None:
-        """Send the request now (reads do it lazily) to learn the size and etag."""
-        await self.readinto(_EMPTY)
+    def open(self) -> Coroutine[Any, Any, int]:
+        """Send the request now (reads do it lazily) to learn the size and etag; await it.
+
+        ``readinto``'s own coroutine, not one around it: a GET waits for its head in here.
+        """
+        return self.readinto(_EMPTY)
 
     async def fill(self, view: memoryview) -> int:
         """Read until ``view`` is full or the range ends; returns the bytes written."""
@@ -364,25 +363,13 @@ class Stream:
             self.position += n
             engine._bytes += n
             if n == 0 or self.position >= (self.object_size if self.end is None else self.end):
-                body = self.detach()  # the range is done: free its connection now
-                if body is not None:
-                    await _aclose(body)
+                await self.aclose()  # the range is done: free its connection now
             return n
 
-    def detach(self) -> Body | None:
-        """Forget the body: an HTTP body is closed here (that never waits), another returned."""
+    async def aclose(self) -> None:
         body, self._body = self._body, None
         if isinstance(body, HTTPBody):
-            body.close()
-            return None
-        return body
-
-    async def aclose(self) -> None:
-        await _aclose(self.detach())
-
-
-async def _aclose(body: Body | None) -> None:
-    """Close a detached body (if any), shielded, so a cancelled read still releases it."""
-    if body is not None:
-        with anyio.CancelScope(shield=True):
-            await body.aclose()
+            body.close()  # never waits, so a cancelled task closes it all the same
+        elif body is not None:
+            with anyio.CancelScope(shield=True):
+                await body.aclose()

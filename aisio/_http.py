@@ -775,8 +775,7 @@ class HTTPPool:
             pool = self._hosts[key] = _Host(Slots(self._limit), [])
         retried = False
         while True:
-            if not pool.slots.take():
-                await pool.slots.acquire()
+            await pool.slots.acquire()
             conn = None
             reused = False
             try:
@@ -793,8 +792,7 @@ class HTTPPool:
                 conn.where = where
                 sent = conn._loop.time()
                 conn.send(head, body, expected is not None and expected >= _LOWAT_MIN)
-                if conn._write_waiter is not None:
-                    await conn.drain()
+                await conn.drain()
                 while True:
                     block = await conn.read_until(b"\r\n\r\n")
                     version, status, reason, headers = _parse_head(block, where)

@@ -22,18 +22,9 @@ class Slots:
         self._free = total
         self._waiters: deque[anyio.Event] = deque()
 
-    def take(self) -> bool:
-        """Take a free slot if there is one (no waiter is ahead); False if ``acquire`` must wait.
-
-        Hot paths call ``take`` first: it makes no coroutine when a slot is free.
-        """
+    async def acquire(self) -> None:
         if self._free and not self._waiters:
             self._free -= 1
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        if self.take():
             return
         event = anyio.Event()
         self._waiters.append(event)

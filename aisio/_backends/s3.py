@@ -339,19 +339,14 @@ class S3Backend:
                 return
             params["ContinuationToken"] = token
 
-    def _signed_hit(self, loc: Location) -> str | None:
-        """The object's presigned GET URL if one is cached and at most half its lifetime old."""
-        key = (loc.bucket, loc.key)
-        hit = self._signed.get(key)
-        if hit is not None and hit[1] > time.monotonic():
-            self._signed.move_to_end(key)
-            return hit[0]
-        return None
-
-    async def _sign(self, loc: Location) -> str:
-        """Presign a GET URL for the object and cache it (``_signed_hit``) for half its life."""
+    async def _signed_url(self, loc: Location) -> str:
+        """A presigned GET URL for the object, reused until half its lifetime has passed."""
         key = (loc.bucket, loc.key)
         now = time.monotonic()
+        hit = self._signed.get(key)
+        if hit is not None and hit[1] > now:
+            self._signed.move_to_end(key)
+            return hit[0]
         plain = self._plain_url(loc)
         if plain is not None:
             assert self._signer is not None
@@ -379,8 +374,7 @@ class S3Backend:
             headers["Range"] = f"bytes={start}-"
         if etag:
             headers["If-Match"] = etag
-        url = self._signed_hit(loc) or await self._sign(loc)
-        response = await self._pool.request("GET", url, headers,
+        response = await self._pool.request("GET", await self._signed_url(loc), headers,
                                             expected=None if end is None else end - start)
         if response.status in (200, 206):
             try:
