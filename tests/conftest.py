@@ -1,12 +1,20 @@
 """Shared fixtures: real servers on loopback, one store per backend, async and sync clients.
 
-Tests that take the ``store`` fixture run once per backend (file, s3, ais); those that
-take ``api`` run once per backend and per flavour (the AsyncClient awaited directly, or
-the blocking Client called from a worker thread, as a DataLoader worker would).
+Tests that take the ``store`` fixture run once per backend (file, s3 on moto, s3 on
+Ceph's RADOS Gateway, ais); those that take ``api`` run once per backend and per flavour
+(the AsyncClient awaited directly, or the blocking Client called from a worker thread, as
+a DataLoader worker would).
+
+The ``rgw`` backend needs Debian's radosgw, ceph-mon and ceph-osd; without them its
+tests skip and say what to install, unless ``AISIO_REQUIRE_RGW=1`` (CI) makes that an
+error. aisio signs its GETs and HEADs on ``rgw`` itself (explicit keys, path-style
+endpoint); ``rgw-sdk`` takes the keys from the environment and leaves all signing to
+botocore, on the tests of ``SDK_SIGNED_MODULES``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
@@ -19,19 +27,25 @@ import anyio.to_thread
 import pytest
 
 import aisio
-from aisio.testing import local_s3
+from aisio.errors import MissingDependencyError
+from aisio.testing import local_rgw, local_s3
 
 _counter = itertools.count()
 
 
 @dataclass
 class Store:
-    """One backend under test: a config that reaches it and a fresh prefix URL per test."""
+    """One backend under test: a config that reaches it and a fresh prefix URL per test.
+
+    ``name`` is the protocol the tests check for ("file", "s3", "ais"); ``server_kind``
+    says which server speaks it ("moto" or "rgw" for s3).
+    """
 
     name: str
     config: aisio.ClientConfig
     prefix: str
     server: Any = None
+    server_kind: str = ""
 
     def url(self, key: str) -> str:
         return self.prefix + key
@@ -53,7 +67,25 @@ def ais_server() -> Iterator[Any]:
         yield ais
 
 
-BACKENDS = ["file", "s3", "ais"]
+@pytest.fixture(scope="session")
+def rgw_server() -> Iterator[Any]:
+    try:
+        server = local_rgw()
+        rgw = server.__enter__()
+    except MissingDependencyError as exc:
+        if os.environ.get("AISIO_REQUIRE_RGW") == "1":
+            pytest.fail(f"AISIO_REQUIRE_RGW=1 but {exc}")
+        pytest.skip(str(exc))
+    try:
+        rgw.create_bucket("aisio-test")
+        yield rgw
+    finally:
+        server.__exit__(None, None, None)
+
+
+BACKENDS = ["file", "s3", "rgw", "ais"]
+SDK_SIGNED_MODULES = {"test_client", "test_rgw"}
+"""Test modules whose ``store`` also runs as ``rgw-sdk``: RGW with botocore's signatures."""
 
 
 def _backend_available(name: str) -> bool:
@@ -75,13 +107,32 @@ def make_store(name: str, request: pytest.FixtureRequest, **config: Any) -> Stor
     if name == "s3":
         s3 = request.getfixturevalue("s3_server")
         cfg = s3.config(**config)
-        return Store(name, cfg, f"s3://aisio-test/{unique}", s3)
+        return Store(name, cfg, f"s3://aisio-test/{unique}", s3, "moto")
+    if name == "rgw":
+        rgw = request.getfixturevalue("rgw_server")
+        return Store("s3", rgw.config(**config), f"s3://aisio-test/{unique}", rgw, "rgw")
+    if name == "rgw-sdk":  # keys from the environment: botocore signs every request
+        rgw = request.getfixturevalue("rgw_server")
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        for var, value in rgw.env().items():
+            monkeypatch.setenv(var, value)
+        opts = dataclasses.replace(rgw.s3_options(), access_key_id=None, secret_access_key=None)
+        return Store("s3", aisio.ClientConfig(s3=opts, **config), f"s3://aisio-test/{unique}",
+                     rgw, "rgw")
     ais = request.getfixturevalue("ais_server")
     cfg = aisio.ClientConfig(ais=aisio.AISOptions(endpoint=ais.endpoint), **config)
     return Store(name, cfg, f"ais://aisio-test/{unique}", ais)
 
 
-@pytest.fixture(params=[b for b in BACKENDS if _backend_available(b)])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store" in metafunc.fixturenames:
+        names = [b for b in BACKENDS if _backend_available(b)]
+        if metafunc.module.__name__.rsplit(".", 1)[-1] in SDK_SIGNED_MODULES:
+            names.append("rgw-sdk")
+        metafunc.parametrize("store", names, indirect=True)
+
+
+@pytest.fixture
 def store(request: pytest.FixtureRequest) -> Store:
     # 5 MiB parts (S3's minimum) keep multipart tests small
     return make_store(request.param, request, part_size=5 * 2**20)
