@@ -1,11 +1,20 @@
-"""Object URLs: parsing ``s3://``, ``ais://``, ``file://`` and plain paths, and redaction."""
+"""Object URLs: parsing ``s3://``, ``ais://``, ``file://`` and plain paths, and redaction.
+
+What is refused (InvalidURLError), so that a mistyped URL never names some other object:
+a known scheme without ``//`` (``s3:/x``, ``ais:x``: they are not local paths), ``file:``
+without an absolute path (``file:/abs/path`` is RFC 8089's short form and accepted), bucket
+names with characters outside ``[A-Za-z0-9._-]`` (control characters included), and keys
+or paths that are not valid Unicode (a lone surrogate; for local paths, only those that
+stand for undecodable bytes of a file name are kept). An error never shows credentials:
+a bucket part with ``:`` or ``@`` (``s3://key:secret@bucket``) is not echoed at all.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 from .errors import InvalidURLError
 
@@ -13,7 +22,7 @@ __all__ = ["Location", "file_url", "parse_url", "redact"]
 
 SCHEMES = ("s3", "ais", "file")
 # S3 bucket names and AIS bucket names share this shape closely enough; AIS allows '_'.
-_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")  # fullmatch: '$' allows a final \n
 # AIS buckets that front other providers: ais://@remote#ns/bucket or the provider prefix
 _AIS_PROVIDERS = {
     "ais": "ais", "aws": "aws", "s3": "aws", "gcp": "gcp", "gs": "gcp",
@@ -22,7 +31,9 @@ _AIS_PROVIDERS = {
 
 
 # ais://bucket/key?provider=aws: the one query a URL may carry (keys may hold '?' too)
-_PROVIDER_SUFFIX = re.compile(r"\?provider=(" + "|".join(_AIS_PROVIDERS) + r")$")
+_PROVIDER_SUFFIX = re.compile(r"\?provider=(" + "|".join(_AIS_PROVIDERS) + r")\Z")
+# "s3:/x" or "ais:x": a known scheme that lost its "//", not a local path
+_SCHEME_ONLY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 @dataclass(frozen=True)
@@ -60,8 +71,12 @@ class Location:
 
 
 def file_url(path: str) -> str:
-    """The ``file://`` URL of an absolute path, percent-encoded so it parses back to the path."""
-    return "file://" + quote(path, safe="/")
+    """The ``file://`` URL of an absolute path, percent-encoded so it parses back to the path.
+
+    The path's bytes are encoded (``os.fsencode``), so a file name that is not UTF-8 (its
+    bytes decoded as lone surrogates) has a URL too.
+    """
+    return "file://" + quote(os.fsencode(path), safe="/")
 
 
 def parse_url(url: object) -> Location:
@@ -93,20 +108,22 @@ def _parse(url: object) -> Location:
     if not url or "\x00" in url:
         raise InvalidURLError(f"empty or NUL-containing URL: {redact(url)!r}", url=redact(url))
     if "://" not in url:
+        scheme_only = _SCHEME_ONLY.match(url)
+        if scheme_only is not None:
+            scheme = scheme_only.group(1).lower()
+            if scheme == "file":
+                return _file_location(url)
+            if scheme in SCHEMES or scheme in _AIS_PROVIDERS:
+                rest = url[scheme_only.end():]
+                shown = _shown(url) if _no_userinfo(rest) else f"{scheme}:... (not shown: it has ':' or '@')"
+                raise InvalidURLError(f"not a URL: {shown} (write {scheme}://bucket/key)", url=None)
         path = os.path.abspath(os.path.expanduser(url))
+        _check_path(path, url)
         return Location("file", "", path + ("/" if url.endswith("/") else ""))
     scheme, rest = url.split("://", 1)
     scheme = scheme.lower()
     if scheme == "file":
-        parts = urlsplit(url)
-        if parts.netloc not in ("", "localhost"):
-            raise InvalidURLError(
-                f"file URL must be absolute (file:///path): {redact(url)}", url=redact(url))
-        path = unquote(parts.path)
-        if not path.startswith("/"):
-            raise InvalidURLError(f"file URL must be absolute: {redact(url)}", url=redact(url))
-        slash = "/" if path.endswith("/") and path != "/" else ""
-        return Location("file", "", os.path.normpath(path) + slash)
+        return _file_location(url)
     if scheme == "gs":
         scheme = "gcp"
     if scheme not in SCHEMES and scheme not in _AIS_PROVIDERS:
@@ -121,9 +138,60 @@ def _parse(url: object) -> Location:
         # aistore SDK style paths: aws://bucket/obj, gcp://... are AIS buckets of that provider
         provider, scheme = _AIS_PROVIDERS[scheme], "ais"
     bucket, _, key = rest.partition("/")
-    if not bucket or not _BUCKET.match(bucket) or (scheme == "s3" and "_" in bucket):
-        raise InvalidURLError(f"invalid bucket name {bucket!r} in {redact(url)}", url=redact(url))
+    if not _no_userinfo(bucket):  # user:secret@bucket: echo none of it
+        raise InvalidURLError(
+            f"invalid {scheme}:// URL: its bucket part contains ':' or '@' (credentials do "
+            f"not belong in a URL; use the environment or a profile)", url=None)
+    if not bucket or not _BUCKET.fullmatch(bucket) or (scheme == "s3" and "_" in bucket):
+        raise InvalidURLError(
+            f"invalid bucket name {bucket!a} in {_shown(url)}", url=redact(url))
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidURLError(
+            f"key is not valid Unicode (a lone surrogate at index {exc.start}): {_shown(url)}",
+            url=None) from None
     return Location(scheme, bucket, key, provider)
+
+
+def _file_location(url: str) -> Location:
+    """The Location of a ``file:///abs/path`` (or ``file:/abs/path``) URL."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidURLError(
+            f"file URL must be absolute (file:///path): {redact(url)}", url=redact(url))
+    try:
+        raw = unquote_to_bytes(parts.path.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        raise InvalidURLError(f"file URL is not valid Unicode: {_shown(url)}", url=None) from None
+    path = os.fsdecode(raw)
+    if not path.startswith("/"):
+        raise InvalidURLError(f"file URL must be absolute: {redact(url)}", url=redact(url))
+    if "\x00" in path:
+        raise InvalidURLError(f"file URL names a path with NUL: {_shown(url)}", url=None)
+    slash = "/" if path.endswith("/") and path != "/" else ""
+    return Location("file", "", os.path.normpath(path) + slash)
+
+
+def _check_path(path: str, url: str) -> None:
+    """InvalidURLError unless ``path`` can be a file name (a lone surrogate cannot, but
+    the ones ``os.fsdecode`` makes of undecodable bytes can)."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        raise InvalidURLError(f"path is not valid Unicode: {_shown(url)}", url=None) from None
+
+
+def _no_userinfo(rest: str) -> bool:
+    """False if the bucket part of ``rest`` has ':' or '@', as ``key:secret@bucket`` would."""
+    authority = rest.lstrip("/").partition("/")[0]
+    return ":" not in authority and "@" not in authority
+
+
+def _shown(text: str) -> str:
+    """``text`` for a message: redacted, with control characters and surrogates escaped."""
+    text = redact(text)
+    return text if text.isprintable() else ascii(text)[1:-1]
 
 
 _SDK_PATH = re.compile(r"^([a-z]+)/@([^#/]*)#([^/]*)/([^/]+)/(.*)$")
