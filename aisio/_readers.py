@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import io
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -112,8 +113,13 @@ class AsyncReader:
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move the read position; past the end is allowed and reads nothing."""
+        """Move the read position; past the end is allowed and reads nothing.
+
+        ``offset`` and ``whence`` must be integers (anything with ``__index__``, bools
+        too), as for ``io`` files: ``seek(1.5)`` is a TypeError, not a fractional position.
+        """
         self._check()
+        offset, whence = operator.index(offset), operator.index(whence)
         if whence == io.SEEK_SET:
             pos = offset
         elif whence == io.SEEK_CUR:
@@ -134,7 +140,7 @@ class AsyncReader:
     async def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes (all that is left if negative); b"" at the end."""
         self._check()
-        n = self._want(size)
+        n = self._want(None if size is None else operator.index(size))
         if n == 0:
             return b""
         buf = bytearray(n)

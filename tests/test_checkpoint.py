@@ -106,6 +106,19 @@ def test_reader_is_a_seekable_file(store: Store) -> None:
     assert reader.readinto(buf) == 4 and buf == b"1234" and reader.tell() == 5
 
 
+def test_reader_seek_refuses_non_integers_as_io_does(store: Store) -> None:
+    ckpt = Checkpoint(store.config)  # a small object: read whole, served from memory
+    url = store.url("raw")
+    with ckpt.writer(url) as writer:
+        writer.write(b"0123456789")
+    reader = ckpt.reader(url)
+    assert not isinstance(reader, aisio.Reader)
+    for offset, whence in ((1.5, 0), (2.0, 0), ("1", 0), (1, 1.0)):
+        with pytest.raises(TypeError):
+            reader.seek(offset, whence)  # type: ignore[arg-type]
+    assert reader.tell() == 0 and reader.seek(True) == 1 and reader.read(2) == b"12"
+
+
 def test_checkpoint_pickles(store: Store) -> None:
     ckpt = pickle.loads(pickle.dumps(Checkpoint(store.config)))
     torch.save({"x": torch.arange(5)}, ckpt.writer(store.url("p.pt")))

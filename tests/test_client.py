@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -143,6 +145,38 @@ async def test_readers_read_seek_tell(api: API, store: Store, reader: ReaderCons
     await r.seek(len(data) + 10)
     assert await r.read(1) == b""
     await r.close()
+
+
+# offsets and whences as io takes them: anything with __index__ (bools too), nothing else
+SEEK_ARGS: list[tuple[object, object]] = [
+    (1.5, 0), (2.0, 0), ("1", 0), (None, 0), (b"1", 0), (Fraction(3), 0), (np.float64(3), 0),
+    (True, 0), (np.int64(7), 0), (3, 1.0), (3, True), (-5, np.int8(2)),
+]
+
+
+async def test_reader_seek_takes_integers_as_io_does(api: API, store: Store) -> None:
+    data = payload(1000, seed=5)
+    url = store.url("seek.bin")
+    await api.put(url, data)
+    r = await api.open(url)
+    try:
+        for offset, whence in SEEK_ARGS:
+            ref = io.BytesIO(data)
+            ref.seek(100)
+            await r.seek(100)
+            try:
+                expected: int | None = ref.seek(offset, whence)  # type: ignore[arg-type]
+            except TypeError:
+                expected = None
+            if expected is None:
+                with pytest.raises(TypeError):
+                    await r.seek(offset, whence)  # type: ignore[arg-type]
+            else:
+                assert await r.seek(offset, whence) == expected  # type: ignore[arg-type]
+            assert await r.tell() == ref.tell(), (offset, whence)
+            assert await r.read(3) == ref.read(3)
+    finally:
+        await r.close()
 
 
 async def test_list_is_recursive_with_sizes_and_optionally_flat(api: API, store: Store) -> None:

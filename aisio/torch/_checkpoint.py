@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import operator
 import os
 import threading
 from typing import Any
@@ -103,6 +104,7 @@ class _MemoryReader(io.BufferedIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        offset, whence = operator.index(offset), operator.index(whence)  # 1.5 is a TypeError, as in io
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}.get(whence)
         if base is None:
             raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
