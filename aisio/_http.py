@@ -45,13 +45,17 @@ from ._url import redact
 from .errors import ClosedError, InvalidURLError, RequestError
 
 __all__ = [
+    "ERROR_BODY_LIMIT",
     "ConnectError",
     "HTTPPool",
     "Headers",
     "PoolStats",
     "Response",
     "ServerDisconnectedError",
+    "parse_content_range",
 ]
+
+ERROR_BODY_LIMIT = 64 * 1024  # most bytes of an error or redirect body worth reading: Response.read(limit)
 
 _SPILL = 256 * 1024  # per connection: head, chunk lines, small reads, bytes between reads
 _DIRECT = 64 * 1024  # reads at least this big go straight from the socket to the caller
@@ -63,6 +67,8 @@ _POLL = 0.05  # seconds a copying thread waits for data before it looks at its s
 _LOWAT_MIN = 128 * 1024  # a direct read of at least this wakes the loop only when ...
 _LOWAT = 1024 * 1024  # ... all of it, or this much, has come
 _HEAD_READ = 4096  # a head ahead of a large body is read in pieces this big (most fit one)
+_MAX_INTERIM = 8  # 1xx responses accepted ahead of the final one
+_NEVER = float("inf")  # no deadline
 
 
 def _lowat_works() -> bool:
@@ -80,8 +86,9 @@ _LOWAT_WORKS = _lowat_works()
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CTL = re.compile(r"[\r\n\x00]")
-_DIGITS = re.compile(r"[0-9]+")
-_HEX = re.compile(r"[0-9A-Fa-f]+")
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only (str.isdigit takes '\u0663', int() 5000 digits)
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")  # a chunk size
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)", re.ASCII | re.IGNORECASE)
 
 # How the end of a body is found.
 _NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
@@ -132,11 +139,13 @@ class _Conn(asyncio.BufferedProtocol):
     __slots__ = (
         "_buf",
         "_copier",
+        "_deadline",
         "_end",
         "_filled",
         "_head_cap",
         "_head_in",
         "_last",
+        "_late",
         "_loop",
         "_lowat",
         "_mv",
@@ -183,6 +192,8 @@ class _Conn(asyncio.BufferedProtocol):
         self._write_waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
+        self._deadline = _NEVER  # loop time by which the wait under way must be over
+        self._late = "response from {} not in time"  # the message then ({} is the URL)
         self._paused = False
         self._stop: threading.Event | None = None  # set to stop a copying thread
         self._sock: Any = None  # the plain TCP socket, whose SO_RCVLOWAT we raise
@@ -295,7 +306,7 @@ class _Conn(asyncio.BufferedProtocol):
         self._lowat = n
 
     def _on_timer(self) -> None:
-        """Fail the wait if no byte came for read_timeout, else look again when it could.
+        """Fail the wait if no byte came for read_timeout or ``_deadline`` passed, else look again.
 
         Between waits the timer just lapses; a wait arms it again.
         """
@@ -303,15 +314,21 @@ class _Conn(asyncio.BufferedProtocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        due = self._last + self._timeout
-        if self._loop.time() < due - 1e-3:
+        now = self._loop.time()
+        idle = self._last + self._timeout
+        due = idle if idle < self._deadline else self._deadline
+        if now < due - 1e-3:
             self._timer = self._loop.call_at(due, self._on_timer)
             return
         if self._lowat > 1:  # bytes may be waiting under the low-water mark: read them
             self._set_lowat(1)
             self._timer = self._loop.call_later(min(self._timeout, 0.1), self._on_timer)
             return
-        msg = f"no data from {self.where} for {self._timeout:g} s"
+        if now >= idle - 1e-3 or not self.received:  # silent for read_timeout, or till the deadline
+            silent = min(self._timeout, self._deadline - self._last)
+            msg = f"no data from {self.where} for {silent:.3g} s"
+        else:  # bytes keep coming, too slowly to be done in time (a head trickled byte by byte)
+            msg = self._late.format(self.where)
         waiter.set_exception(TimeoutError(msg))
         waiter.exception()  # marked retrieved: a waiter cancelled meanwhile logs nothing
 
@@ -331,7 +348,9 @@ class _Conn(asyncio.BufferedProtocol):
             self.transport.resume_reading()
         self._last = loop.time()
         if self._timer is None:  # one timer per connection, re-armed only when it fires
-            self._timer = loop.call_at(self._last + self._timeout, self._on_timer)
+            # never later than the deadline; and a deadline only moves on, so no timer is late
+            due = self._last + self._timeout
+            self._timer = loop.call_at(due if due < self._deadline else self._deadline, self._on_timer)
         return waiter
 
     async def read_into(self, view: memoryview) -> int:
@@ -391,7 +410,8 @@ class _Conn(asyncio.BufferedProtocol):
             transport.pause_reading()
         fd = transport.get_extra_info("socket").fileno()
         self._stop = stop = threading.Event()
-        future = self._copier.run(self._loop, _copy_from_socket, fd, view, got, self._timeout, stop)
+        left = self._deadline - self._loop.time()
+        future = self._copier.run(self._loop, _copy_from_socket, fd, view, got, self._timeout, left, stop)
         before = got
         try:
             got, error = await asyncio.shield(future)
@@ -413,7 +433,8 @@ class _Conn(asyncio.BufferedProtocol):
         self.abort()
         if isinstance(error, TimeoutError):
             self.partial = got
-            raise TimeoutError(f"no data from {self.where} for {self._timeout:g} s")
+            late = self._late.format(self.where) if error.args else None
+            raise TimeoutError(late or f"no data from {self.where} for {self._timeout:g} s")
         return got
 
     async def read_until(self, sep: bytes) -> bytes:
@@ -458,15 +479,17 @@ class _Conn(asyncio.BufferedProtocol):
             self.transport.write(body)
 
     async def drain(self) -> None:
-        """Wait until the transport has room again (large PUT bodies)."""
+        """Wait until the transport has room again (large PUT bodies); the head is due that much later."""
         writer = self._write_waiter
         if writer is None or self.eof:
             return
+        start = self._loop.time()
         try:
             async with asyncio.timeout(self._timeout):
                 await writer
         except TimeoutError:
             raise TimeoutError(f"sending to {self.where} stalled for {self._timeout:g} s") from None
+        self._deadline += self._loop.time() - start
 
     def reusable(self) -> bool:
         """True if the connection is open, quiet and has no unread bytes."""
@@ -598,8 +621,16 @@ class Response:
         err = conn.disconnected(f"after {got} of {self.content_length} body bytes")
         return self._fail(err, n)
 
-    async def read(self) -> bytes:
-        """The rest of the body as bytes (for small bodies: errors, listings, whole objects)."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The rest of the body as bytes (for small bodies: errors, listings, whole objects).
+
+        ``limit``: at most that many bytes. A longer body is cut there and its connection
+        closed, not read on, so an error or redirect body costs at most ``limit`` bytes of
+        memory and of waiting whatever its Content-Length or chunks say: the backends read
+        those with ``limit=ERROR_BODY_LIMIT``. A body that fits leaves the connection reusable.
+        """
+        if limit is not None:
+            return await self._read_capped(limit)
         if self._conn is not None and self._mode == _LENGTH:
             buf = bytearray(self._left)
             view = memoryview(buf)
@@ -625,6 +656,20 @@ class Response:
         self._abort()
 
     # -- internals --
+
+    async def _read_capped(self, limit: int) -> bytes:
+        """``read(limit)``: unless the length is known, one byte past ``limit`` tells a longer body."""
+        if limit < 0:
+            raise ValueError("limit must be at least 0")
+        known = self._conn is not None and self._mode == _LENGTH
+        size = min(self._left, limit) if known else limit + 1
+        view = memoryview(bytearray(size))
+        got = 0
+        while got < size and (n := await self.readinto(view[got:])):
+            got += n
+        if got > limit or (known and self._conn is not None):  # more follows: do not read it
+            self._abort()
+        return bytes(view[: min(got, limit)])
 
     def _finish(self) -> None:
         self._done = True
@@ -688,13 +733,17 @@ class Response:
             if self._chunk_left <= 0:
                 if self._chunk_left == 0 and await conn.read_until(b"\r\n"):
                     raise RequestError(f"malformed chunk from {self.url}", url=self.url)
-                line = (await conn.read_until(b"\r\n")).split(b";", 1)[0].strip()
-                if not _HEX.fullmatch(line.decode("latin-1")):
+                chunk = _chunk_size(await conn.read_until(b"\r\n"))
+                if chunk is None:
                     raise RequestError(f"malformed chunk size from {self.url}", url=self.url)
-                self._chunk_left = int(line, 16)
-                if not self._chunk_left:
-                    while await conn.read_until(b"\r\n"):  # trailer fields, ignored
-                        pass
+                self._chunk_left = chunk
+                if not chunk:
+                    trailers = 0
+                    while line := await conn.read_until(b"\r\n"):  # trailer fields, ignored
+                        trailers += len(line) + 2
+                        if trailers > _MAX_LINE:  # endless trailers would keep us reading
+                            msg = f"malformed response from {self.url}: trailers over {_MAX_LINE} bytes"
+                            raise RequestError(msg, url=self.url)
                     self._finish()
                     break
             done = self._progress
@@ -712,7 +761,15 @@ class Response:
 
 
 class HTTPPool:
-    """Keep-alive HTTP/1.1 connections per (scheme, host, port), reused last-in first-out."""
+    """Keep-alive HTTP/1.1 connections per (scheme, host, port), reused last-in first-out.
+
+    Time limits: ``connect_timeout`` for TCP and TLS set-up; ``read_timeout`` for any wait
+    without a byte, and for the whole response head (all of it, 1xx heads included, must
+    come within ``read_timeout`` of sending the request: a head trickled byte by byte is
+    cut off too); ``request_timeout``, if given, for the whole request, from sending it to
+    the last body byte, the caller's own time between reads included (a backstop for a
+    body trickled forever; off by default). All fail a wait with ``TimeoutError``.
+    """
 
     def __init__(
         self,
@@ -721,12 +778,20 @@ class HTTPPool:
         connect_timeout: float,
         read_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        request_timeout: float | None = None,
     ) -> None:
         if max_connections_per_host < 1:
             raise ValueError("max_connections_per_host must be at least 1")
+        if request_timeout is not None and not request_timeout > 0:
+            raise ValueError("request_timeout must be above 0")
         self._limit = max_connections_per_host
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
+        self._request_timeout = request_timeout
+        head = read_timeout if request_timeout is None else min(read_timeout, request_timeout)
+        self._head_time = head  # the head is due this long after the request is sent
+        self._head_late = f"no complete response head from {{}} within {head:g} s of the request"
+        self._body_late = f"response from {{}} not complete within {request_timeout or 0:g} s of the request"
         self._ssl_context = ssl_context
         self._hosts: dict[tuple[str, str, int], _Host] = {}
         self._conns: set[_Conn] = set()
@@ -792,12 +857,24 @@ class HTTPPool:
                 conn.where = where
                 sent = conn._loop.time()
                 conn.send(head, body, expected is not None and expected >= _LOWAT_MIN)
+                conn._deadline = sent + self._head_time
+                conn._late = self._head_late
                 await conn.drain()
+                interim = 0
                 while True:
                     block = await conn.read_until(b"\r\n\r\n")
                     version, status, reason, headers = _parse_head(block, where)
                     if not 100 <= status < 200:
                         break
+                    interim += 1
+                    if interim > _MAX_INTERIM or status == 101:  # 101: we asked for no Upgrade
+                        msg = f"{interim} interim responses from {where}, the last {status} {reason[:40]!r}"
+                        raise RequestError(msg, url=where)
+                if self._request_timeout is None:
+                    conn._deadline = _NEVER
+                else:
+                    conn._deadline = sent + self._request_timeout
+                    conn._late = self._body_late
                 response = self._response(conn, method, version, status, reason, headers)
                 response.waited = conn.waited = conn._loop.time() - sent
                 return response
@@ -902,11 +979,12 @@ class HTTPPool:
                 keep = True
         length = _content_length(headers, conn.where)
         coding = headers.get("transfer-encoding")
+        if coding is not None:
+            _check_coding(coding, version, length, conn.where)
         if method == "HEAD" or status in (204, 304):
             mode = _NONE
         elif coding is not None:
-            mode = _CHUNKED if coding.rsplit(",", 1)[-1].strip().lower() == "chunked" else _CLOSE
-            keep = keep and mode == _CHUNKED and length is None
+            mode = _CHUNKED
         elif length is not None:
             mode = _LENGTH
         else:
@@ -963,12 +1041,13 @@ def _settle(future: asyncio.Future[Any], setter: Callable[[Any], None], value: A
 
 
 def _copy_from_socket(
-    fd: int, view: memoryview, got: int, timeout: float, stop: threading.Event
+    fd: int, view: memoryview, got: int, timeout: float, left: float, stop: threading.Event
 ) -> tuple[int, OSError | None]:
     """Read into ``view[got:]`` until full, EOF, an error or ``stop``: (bytes in view, error).
 
     Runs in a worker thread, on a duplicate of ``fd``, so a close on the loop cannot
-    make it read another socket's bytes.
+    make it read another socket's bytes. The error is ``TimeoutError()`` after ``timeout``
+    seconds without a byte, ``TimeoutError("late")`` once ``left`` seconds have passed.
     """
     try:
         mine = os.dup(fd)
@@ -978,13 +1057,18 @@ def _copy_from_socket(
         poller = select.poll()
         poller.register(mine, select.POLLIN)
         last = time.monotonic()
+        end = last + left
         size = len(view)
         while got < size and not stop.is_set():
             try:
                 n = os.readv(mine, [view[got:]])
             except BlockingIOError:
-                if not poller.poll(_POLL * 1000) and time.monotonic() - last > timeout:
-                    return got, TimeoutError()
+                if not poller.poll(_POLL * 1000):
+                    now = time.monotonic()
+                    if now - last > timeout:
+                        return got, TimeoutError()
+                    if now > end:
+                        return got, TimeoutError("late")
                 continue
             except OSError as exc:
                 return got, exc
@@ -992,6 +1076,8 @@ def _copy_from_socket(
                 break
             got += n
             last = time.monotonic()
+            if last > end and got < size:
+                return got, TimeoutError("late")
         return got, None
     finally:
         os.close(mine)
@@ -1103,7 +1189,7 @@ def _parse_head(block: bytes, where: str) -> tuple[str, int, str, Headers]:
     status_line = lines[0]
     version, _, status = status_line.partition(" ")
     code, _, reason = status.partition(" ")
-    if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(code) or len(code) != 3:
+    if (version != "HTTP/1.1" and version != "HTTP/1.0") or len(code) != 3 or not _DIGITS.fullmatch(code):
         msg = f"malformed status line from {where}: {status_line[:60]!r}"
         raise RequestError(msg, url=where)
     fields: dict[str, str] = {}
@@ -1123,13 +1209,57 @@ def _parse_head(block: bytes, where: str) -> tuple[str, int, str, Headers]:
 
 
 def _content_length(headers: Headers, where: str) -> int | None:
-    """Content-Length as an int; repeated equal values are accepted, anything else refused."""
+    """Content-Length as an int; repeated equal values are accepted, anything else refused.
+
+    A number is 1 to 19 ASCII digits: ``str.isdigit`` alone takes '\u0663' and '\u00b3', and
+    ``int()`` of thousands of digits raises a bare ValueError.
+    """
     raw = headers.get("content-length")
     if raw is None:
         return None
-    if raw.isascii() and raw.isdigit():  # the usual case: one plain number
+    if len(raw) <= 19 and raw.isascii() and raw.isdigit():  # the usual case: one plain number
         return int(raw)
-    values = {v.strip() for v in raw.split(",")}
+    values = {v.strip(" \t") for v in raw.split(",")}
     if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
         raise RequestError(f"malformed Content-Length from {where}: {raw[:40]!r}", url=where)
     return int(values.pop())
+
+
+def _check_coding(coding: str, version: str, length: int | None, where: str) -> None:
+    """Refuse a Transfer-Encoding other than plain ``chunked``, or one beside Content-Length.
+
+    Bodies are never decoded here, so a gzip coding would hand back compressed bytes as the
+    object; both framing fields at once is how responses are smuggled (RFC 9112 6.3), and
+    an HTTP/1.0 message with a transfer coding has faulty framing (RFC 9112 6.1).
+    """
+    if length is not None:
+        problem = "both Transfer-Encoding and Content-Length"
+    elif version != "HTTP/1.1":
+        problem = f"Transfer-Encoding in an {version} response"
+    elif coding.strip(" \t").lower() != "chunked":
+        problem = f"unsupported Transfer-Encoding {coding[:40]!r}"
+    else:
+        return
+    raise RequestError(f"{problem} from {where}", url=where)
+
+
+def _chunk_size(line: bytes) -> int | None:
+    """The size in a chunk-size line (extensions ignored), or None: 1 to 16 hex digits."""
+    digits = line.split(b";", 1)[0].rstrip(b" \t")
+    return int(digits, 16) if _HEX.fullmatch(digits) else None
+
+
+def parse_content_range(value: str) -> tuple[int, int, int | None] | None:
+    """(first, last, total) of ``Content-Range: bytes first-last/total``; total None for ``*``.
+
+    None for anything else: another unit, an unsatisfied range (``bytes */total``), a number
+    that is not 1 to 19 ASCII digits, first after last, or last at or past total.
+    """
+    match = _CONTENT_RANGE.fullmatch(value.strip(" \t"))
+    if match is None:
+        return None
+    first, last, size = int(match[1]), int(match[2]), match[3]
+    total = None if size == "*" else int(size)
+    if first > last or (total is not None and last >= total):
+        return None
+    return first, last, total

@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import datetime
 import gc
+import gzip
 import hashlib
 import ipaddress
 import random
 import ssl
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 from pathlib import Path
@@ -21,7 +23,15 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from aisio import _http
-from aisio._http import ConnectError, HTTPPool, Response, ServerDisconnectedError
+from aisio._http import (
+    ERROR_BODY_LIMIT,
+    ConnectError,
+    HTTPPool,
+    Response,
+    ServerDisconnectedError,
+    parse_content_range,
+)
+from aisio._retry import is_transient
 from aisio.errors import ClosedError, RequestError
 
 
@@ -70,6 +80,7 @@ class Server:
         self.closed = asyncio.Event()  # set whenever a connection ends
         self.port = 0
         self.scheme = "http"
+        self.scripts: dict[str, bytes] = {}  # what /script?k= sends
         self._server: asyncio.Server | None = None
 
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
@@ -260,6 +271,54 @@ async def r_interim(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
     return await r_data(srv, w, req)
 
 
+async def r_script(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    """The bytes in srv.scripts[?k=], verbatim; then hang up, or with &keep=1 serve on."""
+    w.write(srv.scripts[req.query["k"]])
+    return "keep" in req.query
+
+
+async def r_huge_error(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    """A 404 that says its body is 1 GB, and sends it until the client goes."""
+    w.write(head("404 Not Found", Content_Length=10**9))
+    while not w.is_closing():
+        w.write(pattern(1 << 20))
+        await w.drain()
+    return False
+
+
+async def r_endless_chunked(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    """A 500 whose chunked body never ends."""
+    w.write(head("500 Internal Server Error", Transfer_Encoding="chunked"))
+    piece = pattern(8192)
+    while not w.is_closing():
+        w.write(b"2000\r\n" + piece + b"\r\n")
+        await w.drain()
+    return False
+
+
+async def r_interim_flood(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    """?count= 103 heads (default: endless), ?gap= s apart, then the 10-byte answer of /data."""
+    count, gap = int(req.query.get("count", 10**9)), float(req.query.get("gap", 0))
+    for _ in range(count):
+        if w.is_closing():
+            return False
+        w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(gap)
+    return await r_data(srv, w, req)
+
+
+async def r_head_trickle(srv: Server, w: asyncio.StreamWriter, req: Request) -> bool:
+    """A head that never ends, one byte every ?gap= s."""
+    w.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+    gap = float(req.query.get("gap", 0.05))
+    while not w.is_closing():
+        w.write(b"a")
+        await w.drain()
+        await asyncio.sleep(gap)
+    return False
+
+
 ROUTES: dict[str, Route] = {
     "/data": r_data,
     "/chunked": r_chunked,
@@ -280,6 +339,11 @@ ROUTES: dict[str, Route] = {
     "/put": r_put,
     "/no-content": r_no_content,
     "/interim": r_interim,
+    "/script": r_script,
+    "/huge-error": r_huge_error,
+    "/endless-chunked": r_endless_chunked,
+    "/interim-flood": r_interim_flood,
+    "/head-trickle": r_head_trickle,
 }
 
 
@@ -440,7 +504,7 @@ async def test_short_body_raises_after_returning_what_came(
 async def test_timeout_waiting_for_head(server: Server) -> None:
     async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=0.3) as pool:
         start = time.monotonic()
-        with pytest.raises(TimeoutError, match="no data from"):
+        with pytest.raises(TimeoutError, match=r"no data from .*stall-head for 0.3 s"):
             await pool.request("GET", server.url("/stall-head?X-Amz-Signature=secret"))
         assert 0.25 < time.monotonic() - start < 3
         # the slot was given back and the broken connection not kept
@@ -685,6 +749,259 @@ async def test_aclose_wakes_requests_waiting_for_a_slot(server: Server) -> None:
         await waiting
     await held.aclose()
     assert server.connections == 1
+
+
+# -- exact bytes or a typed error, and nothing hangs (issue 15) --
+
+
+def scripted(server: Server, data: bytes, keep: bool = True) -> str:
+    """A URL answered with ``data`` verbatim; its query carries a secret no message may show.
+
+    ``keep``: the server leaves the connection open, so a close seen is the client's.
+    """
+    key = str(len(server.scripts))
+    server.scripts[key] = data
+    return server.url(f"/script?k={key}{'&keep=1' if keep else ''}&X-Amz-Signature=sekrit")
+
+
+def chunked(data: bytes, size: int = 3) -> bytes:
+    """``data`` in chunks of ``size``, then the last chunk."""
+    pieces = [data[i : i + size] for i in range(0, len(data), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def refused_and_dropped(err: RequestError) -> None:
+    """A RequestError the engine does not retry, naming the URL without its query."""
+    assert "/script" in str(err) and err.url is not None and "/script" in err.url
+    assert "sekrit" not in str(err) and "sekrit" not in err.url
+    assert not is_transient(err)
+
+
+GZIPPED = gzip.compress(b"hello")
+
+
+@pytest.mark.parametrize(
+    "status_and_fields, body",
+    [
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked", chunked(GZIPPED)),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip", GZIPPED),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip", GZIPPED),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: identity", b"hello"),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked", chunked(b"hello")),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5", chunked(b"hello")),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 30\r\nTransfer-Encoding: chunked", chunked(b"hello")),
+        ("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked", chunked(b"hello")),
+    ],
+    ids=["gzip-chunked", "gzip", "chunked-gzip", "identity", "chunked-twice", "te-cl", "cl-te", "http-1.0"],
+)
+async def test_framing_other_than_one_chunked_coding_is_refused(
+    server: Server, pool: HTTPPool, status_and_fields: str, body: bytes
+) -> None:
+    url = scripted(server, status_and_fields.encode() + b"\r\n\r\n" + body)
+    with pytest.raises(RequestError, match="Transfer-Encoding") as err:
+        await pool.request("GET", url)
+    refused_and_dropped(err.value)
+    await wait_for(lambda: server.open == 0)  # closed by the client: the server kept it open
+    assert pool.stats().idle == 0
+
+
+async def test_chunked_in_any_case_and_on_a_head_is_fine(server: Server, pool: HTTPPool) -> None:
+    url = scripted(server, b"HTTP/1.1 200 OK\r\nTransfer-Encoding:  CHUNKED \r\n\r\n" + chunked(b"hello"))
+    resp = await pool.request("GET", url)
+    assert await resp.read() == b"hello"
+    url = scripted(server, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    resp = await pool.request("HEAD", url)
+    assert (resp.status, resp.content_length, await resp.read()) == (200, None, b"")
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "path, status, stream",
+    [("/huge-error", 404, pattern(1 << 20)), ("/endless-chunked", 500, pattern(8192) * 8)],
+    ids=["content-length-1GB", "endless-chunked"],
+)
+async def test_an_error_body_is_read_up_to_the_limit_and_its_connection_dropped(
+    server: Server, pool: HTTPPool, path: str, status: int, stream: bytes
+) -> None:
+    resp = await pool.request("GET", server.url(path))
+    assert resp.status == status
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        body = await asyncio.wait_for(resp.read(limit=ERROR_BODY_LIMIT), 5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - started < 2
+    assert body == stream[:ERROR_BODY_LIMIT]  # the first 64 KiB, exactly
+    assert peak < 4 * ERROR_BODY_LIMIT  # not the gigabyte the head announced
+    await wait_for(lambda: server.open == 0)  # the client hung up rather than read on
+    assert pool.stats().idle == 0
+    with pytest.raises(ClosedError):
+        await resp.readinto(memoryview(bytearray(10)))
+
+
+async def test_a_body_within_the_limit_is_read_whole_and_its_connection_kept(
+    server: Server, pool: HTTPPool
+) -> None:
+    limit = ERROR_BODY_LIMIT
+    for path, n in [("/data?n=1000", 1000), (f"/data?n={limit}", limit), ("/data?n=0", 0),
+                    (f"/chunked?sizes={limit}", limit), (f"/chunked?sizes=100,{limit - 100}", limit)]:
+        resp = await pool.request("GET", server.url(path))
+        assert await resp.read(limit=limit) == pattern(n), path
+    assert (server.connections, pool.stats().idle) == (1, 1)
+    resp = await pool.request("GET", server.url("/close?n=100"))  # ends at close
+    assert await resp.read(limit=limit) == pattern(100)
+    for path in ("/data?n=1000", "/chunked?sizes=5,5,5"):  # over the limit: cut, and closed
+        resp = await pool.request("GET", server.url(path))
+        assert await resp.read(limit=10) == pattern(1000 if "data" in path else 15)[:10]
+    await wait_for(lambda: server.open == 0)
+    assert pool.stats().idle == 0
+    resp = await pool.request("GET", server.url("/data?n=10"))
+    with pytest.raises(ValueError):
+        await resp.read(limit=-1)
+    await resp.aclose()
+
+
+async def test_interim_responses_are_bounded_in_number_and_in_time(server: Server) -> None:
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=0.5) as pool:
+        resp = await pool.request("GET", server.url("/interim-flood?count=8&n=10"))  # 8: accepted
+        assert (resp.status, await resp.read()) == (200, pattern(10))
+        started = time.monotonic()
+        with pytest.raises(RequestError, match="9 interim responses") as err:
+            await asyncio.wait_for(pool.request("GET", server.url("/interim-flood")), 5)  # endless
+        assert time.monotonic() - started < 2 and not is_transient(err.value)
+        # six, each well within read_timeout, all of them not: the head's deadline
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"no complete response head from .*flood within 0.5 s"):
+            await asyncio.wait_for(pool.request("GET", server.url("/interim-flood?count=6&gap=0.2&n=10")), 5)
+        assert 0.45 < time.monotonic() - started < 2
+        url = scripted(server, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+        with pytest.raises(RequestError, match="101 'Switching Protocols'") as err:
+            await pool.request("GET", url)
+        refused_and_dropped(err.value)
+        await wait_for(lambda: server.open == 0)
+        assert pool.stats().idle == 0
+
+
+async def test_a_head_trickled_byte_by_byte_times_out(server: Server) -> None:
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=0.3) as pool:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"no complete response head from .*trickle within 0.3 s"):
+            await asyncio.wait_for(pool.request("GET", server.url("/head-trickle?gap=0.02")), 5)
+        assert 0.25 < time.monotonic() - started < 2
+        resp = await pool.request("GET", server.url("/data?n=10"))
+        assert await resp.read() == pattern(10)
+        assert server.connections == 2
+
+
+async def test_request_timeout_bounds_a_body_that_trickles(server: Server) -> None:
+    with pytest.raises(ValueError):
+        HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=1, request_timeout=0)
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=1,
+                        request_timeout=0.5) as pool:
+        # the last 10 bytes 0.15 s apart: never idle for read_timeout, over request_timeout
+        resp = await pool.request("GET", server.url("/trickle?n=3000&gap=0.15"))
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"not complete within 0.5 s of the request"):
+            await asyncio.wait_for(read_all(resp, 1 << 20), 5)
+        assert time.monotonic() - started < 1
+        # the same in a worker thread's copy: 16 pieces 0.1 s apart
+        resp = await pool.request("GET", server.url(f"/paced?n={BIG}&pieces=16&gap=0.1"))
+        with pytest.raises(TimeoutError, match=r"not complete within 0.5 s of the request"):
+            await asyncio.wait_for(read_all(resp, BIG), 5)
+        assert threads_used(pool) and time.monotonic() - started < 2.5
+        resp = await pool.request("GET", server.url("/data?n=1000"))  # in time: unharmed
+        assert await resp.read() == pattern(1000)
+
+
+async def test_a_request_timeout_under_read_timeout_bounds_a_reused_connections_head(server: Server) -> None:
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=5,
+                        request_timeout=0.3) as pool:
+        resp = await pool.request("GET", server.url("/data?n=10"))  # its wait armed the timer 5 s on
+        assert await resp.read() == pattern(10)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"no data from .*stall-head for 0.3 s"):
+            await asyncio.wait_for(pool.request("GET", server.url("/stall-head")), 5)  # reused
+        assert time.monotonic() - started < 2 and server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["9" * 5000, "1" * 20, "\u00b3", "1\u00b2", "\u0663", "+5", "-5", "0x5", "5 5", "5,", "", " "],
+)
+async def test_content_length_is_one_to_nineteen_ascii_digits(
+    server: Server, pool: HTTPPool, value: str
+) -> None:
+    raw = value.encode("latin-1") if value.isascii() or value < "\u0100" else value.encode()
+    url = scripted(server, b"HTTP/1.1 200 OK\r\nContent-Length: " + raw + b"\r\n\r\nhello")
+    with pytest.raises(RequestError, match="malformed Content-Length") as err:
+        await pool.request("GET", url)
+    refused_and_dropped(err.value)
+    url = scripted(server, b"HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000005\r\n\r\nhello")
+    resp = await pool.request("GET", url)
+    assert (resp.content_length, await resp.read()) == (5, b"hello")
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b"1" + b"0" * 16, b"f" * 5000, b" 5", b"+5", b"-1", b"0x5", b"5\xb3", b"\xd9\xa3", b"", b";x", b"5 5"],
+)
+async def test_chunk_sizes_are_one_to_sixteen_hex_digits(
+    server: Server, pool: HTTPPool, chunks: bytes
+) -> None:
+    te = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    url = scripted(server, te + chunks + b"\r\nhello\r\n")
+    resp = await pool.request("GET", url)
+    with pytest.raises(RequestError, match="malformed chunk size") as err:
+        await read_all(resp)
+    refused_and_dropped(err.value)
+    await wait_for(lambda: server.open == 0)
+    good = b"5 ;ext=1\r\nhello\r\n0000000000000001\r\n!\r\n0\r\n\r\n"
+    resp = await pool.request("GET", scripted(server, te + good))
+    assert await read_all(resp) == b"hello!"
+
+
+async def test_endless_trailers_are_refused(server: Server, pool: HTTPPool) -> None:
+    trailers = b"X-Trailer: " + b"a" * 50 + b"\r\n"
+    url = scripted(server, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+                   + trailers * 2000)  # 128 KiB of them, no end
+    resp = await pool.request("GET", url)
+    buf = memoryview(bytearray(100))
+    assert await resp.readinto(buf) == 5 and buf[:5] == b"hello"
+    with pytest.raises(RequestError, match="trailers over 65536 bytes") as err:
+        await resp.readinto(buf)
+    refused_and_dropped(err.value)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("bytes 0-0/1", (0, 0, 1)),
+        ("bytes 10-19/1000", (10, 19, 1000)),
+        ("BYTES 10-19/*", (10, 19, None)),
+        (" bytes 0-9/10 ", (0, 9, 10)),
+        (f"bytes 0-{10**18}/{10**19 - 1}", (0, 10**18, 10**19 - 1)),
+        ("bytes */1000", None),  # unsatisfied: no range to return
+        ("bytes 19-10/1000", None),
+        ("bytes 0-10/10", None),
+        ("bytes 0-9", None),
+        ("bytes=0-9/10", None),
+        ("bytes  0-9/10", None),
+        ("bits 0-9/10", None),
+        ("byte\u017f 0-9/10", None),  # U+017F folds to 's' unless matching is ASCII-only
+        ("bytes 0-\u0663/10", None),
+        ("bytes 0-\u00b3/10", None),
+        ("bytes +0-9/10", None),
+        ("bytes 0-9/-1", None),
+        (f"bytes 0-{'9' * 20}/*", None),
+        (f"bytes 0-9/{'9' * 5000}", None),
+        ("bytes 0-9/10\n", None),
+        ("", None),
+    ],
+)
+def test_parse_content_range(value: str, expected: tuple[int, int, int | None] | None) -> None:
+    assert parse_content_range(value) == expected
 
 
 # -- TLS --
