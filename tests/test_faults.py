@@ -1,6 +1,6 @@
 """Reads through a misbehaving network return exactly the right bytes, or TransientError.
 
-Every test here reads from local_s3() or local_ais() through the fault-injecting proxy
+Every test here reads from local_s3(), local_rgw() or local_ais() through the fault-injecting proxy
 of ``tests/faults.py``: connections reset or closed mid-body, bodies shorter than their
 Content-Length, stalls, 5xx and 429 answers with Retry-After, ranges the server moved or
 ignored. The proxy records each exchange, so the tests check not only the bytes but what
@@ -86,12 +86,12 @@ class Rig:
 _counter = iter(range(1_000_000))
 
 
-@pytest.fixture(params=["s3", "ais"])
+@pytest.fixture(params=["s3", "rgw", "ais"])
 def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     with fault_proxy(seed=7) as proxy:
         prefix = f"faults-{os.getpid()}-{next(_counter)}/"
-        if request.param == "s3":
-            s3 = request.getfixturevalue("s3_server")
+        if request.param in ("s3", "rgw"):  # moto, or Ceph's RADOS Gateway: both speak S3
+            s3 = request.getfixturevalue(f"{request.param}_server")
             endpoint = proxy.listen(s3.endpoint_url, "s3")
             yield Rig("s3", proxy, s3, f"s3://{BUCKET}/{prefix}", s3.config(), endpoint, "s3")
         else:
