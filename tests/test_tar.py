@@ -501,6 +501,87 @@ def test_special_entries_are_skipped() -> None:
     assert parse(data) == ([("contig.bin", b"7"), ("old.bin", b"0")], None)
 
 
+@pytest.mark.parametrize("value", [
+    "9" * 5000,  # past int()'s 4300-digit limit: a ValueError, were it converted
+    "1" * 20, str(2**63), "0" * 3000 + "1" * 20,
+    "1e5", "-5", "+5", " 5", "5 ", "0x10", "5.0", "\uff15", "\u0665", "\u00b2",
+])
+@pytest.mark.parametrize("flag", [b"x", b"g"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_absurd_or_malformed_pax_sizes_are_shard_format_errors(
+    value: str, flag: bytes, mode: str
+) -> None:
+    data = entry(b"one.txt", b"1") + entry(b"PaxHeader", pax_body({"size": value}), flag)
+    data += block(b"two.txt", 1) + padded(b"2") + END
+    members, error = parse(data, mode=mode)
+    assert members == [("one.txt", b"1")]
+    assert error is not None and error.offset == 1024 + 512 + len(padded(pax_body({"size": value})))
+    assert URL in str(error) and f"byte {error.offset}" in str(error) and "pax size" in str(error)
+
+
+def test_the_largest_pax_size_is_accepted_with_leading_zeros() -> None:
+    # 2**63 - 1 is a size a file may have: no format error, just a truncated shard
+    value = "0" * 100 + str(2**63 - 1)
+    members, error = parse(entry(b"h", pax_body({"size": value}), b"x") + block(b"big.bin") + b"x")
+    assert members == [] and error is not None and "truncated" in str(error)
+    members, error = parse(entry(b"h", pax_body({"size": "0" * 100 + "3"}), b"x")
+                           + block(b"a.bin") + padded(b"abc") + END)
+    assert (members, error) == ([("a.bin", b"abc")], None)
+
+
+def test_absurd_base256_sizes_are_shard_format_errors() -> None:
+    for size_field in (b"\x80" + b"\xff" * 11, b"\x80" + (2**63).to_bytes(11, "big")):
+        members, error = parse(entry(b"a.txt", b"1") + block(b"x.bin", size_field=size_field) + END)
+        assert members == [("a.txt", b"1")]
+        assert error is not None and error.offset == 1024 and "absurd" in str(error)
+
+
+@PROPERTY
+@given(digits=st.text("0123456789", min_size=1, max_size=6000), mode=modes)
+def test_any_pax_size_parses_or_is_a_shard_format_error(digits: str, mode: str) -> None:
+    tail = padded(b"m" * 7) + END  # 1536 bytes after the member's header
+    data = entry(b"h", pax_body({"size": digits}), b"x") + block(b"m.bin") + tail
+    members, error = parse(data, mode=mode)  # anything but a ShardFormatError propagates
+    significant = digits.lstrip("0") or "0"
+    size = 2**63 if len(significant) > 19 else int(significant)  # int() refuses 4300+ digits
+    if size >= 2**63:
+        assert members == [] and error is not None and "absurd pax size" in str(error)
+    elif size > len(tail):
+        assert members == [] and error is not None and "truncated" in str(error)
+    elif size == 0:  # the data block is then read as a header
+        assert members == [("m.bin", b"")] and error is not None and "checksum" in str(error)
+    else:
+        assert (members, error) == ([("m.bin", tail[:size])], None)
+
+
+@PROPERTY
+@given(size_field=st.binary(min_size=12, max_size=12), checksum_field=st.binary(min_size=8, max_size=8))
+def test_any_number_field_parses_or_is_a_shard_format_error(
+    size_field: bytes, checksum_field: bytes
+) -> None:
+    raw = bytearray(block(b"a.bin", size_field=size_field))
+    for header in (bytes(raw), bytes(raw[:148] + checksum_field + raw[156:])):
+        try:
+            parsed = parse_header(header, url=URL, offset=512)
+        except ShardFormatError as exc:
+            assert exc.offset == 512 and URL in str(exc)
+        else:
+            assert parsed is not None and 0 <= parsed.size < 2**63
+
+
+@PROPERTY
+@given(body=st.lists(st.tuples(st.text("0123456789", min_size=1, max_size=30),
+                               st.binary(max_size=40)), max_size=5))
+def test_any_pax_record_lengths_parse_or_are_a_shard_format_error(
+    body: list[tuple[str, bytes]]
+) -> None:
+    data = b"".join(length.encode() + b" " + rest for length, rest in body)
+    try:
+        _tar.parse_pax(data, url=URL, offset=0)
+    except ShardFormatError as exc:
+        assert exc.offset == 0
+
+
 def test_decoder_refuses_use_after_end() -> None:
     decoder = _tar.TarDecoder(URL)
     decoder.advance(_fill(decoder.buffer(), b"\0" * 512))

@@ -19,7 +19,10 @@ empty source, EOF inside a header, member data or its padding, EOF or an end blo
 after a pax/long-name header, a bad checksum, a non-octal number field and a malformed pax
 record raise ``ShardFormatError``; ``offset`` is the start of the header block of the entry
 that failed. (tarfile and so webdataset silently stop at a bad header after the first one;
-here it is an error.)
+here it is an error.) So does a size no file can have (over 2**63 - 1 bytes, from a
+base-256 field or a pax ``size`` of any number of digits): every number read from a shard
+is checked before it is converted, so a hostile shard gives ShardFormatError, never
+ValueError or OverflowError.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ BLOCK_SIZE = 512
 _PIECE = 8 * 2**20  # first allocation for member data; later pieces double the total
 _SKIP = 64 * 2**10  # scratch size for bytes that are read and dropped
 
+_MAX_SIZE = 2**63 - 1  # off_t: no file, and so no tar member, is larger
+_MAX_DIGITS = len(str(_MAX_SIZE))
 _REGULAR = frozenset("0\x007")
 _NO_DATA = frozenset("123456")  # links, devices, directories, fifos: the size is ignored
 _PAX = frozenset("xX")
@@ -124,6 +129,8 @@ def parse_header(
     size = _number(raw[124:136], "size", url, offset)
     if size < 0:
         raise ShardFormatError("negative tar member size", url=url, offset=offset)
+    if size > _MAX_SIZE:
+        raise ShardFormatError(f"absurd tar member size ({size} bytes)", url=url, offset=offset)
     name = _text(raw[0:100])
     if raw[257:263] == b"ustar\0":  # POSIX ustar: long paths are split into prefix/name
         prefix = _text(raw[345:500])
@@ -272,9 +279,7 @@ class TarDecoder:
         name = pax["path"].rstrip("/") if "path" in pax else name
         size = header.size
         if "size" in pax:
-            if not (pax["size"].isascii() and pax["size"].isdigit()):
-                raise self._fail("pax size is not a decimal number")
-            size = int(pax["size"])
+            size = self._pax_size(pax["size"])
         self._pax, self._long_name, self._pending = None, None, False
         if flag == "S" or any(key.startswith("GNU.sparse.") for key in pax):
             raise self._fail(f"GNU sparse member {name!r} is not supported")
@@ -283,6 +288,16 @@ class TarDecoder:
             return None
         self._name = name
         return self._expect_data(size, _Use.MEMBER if flag in _REGULAR else _Use.DROP)
+
+    def _pax_size(self, text: str) -> int:
+        """A pax ``size`` value as an int; ShardFormatError unless decimal and below 2**63."""
+        if not (text.isascii() and text.isdigit()):
+            raise self._fail(f"pax size is not a decimal number: {text[:40]!a}")
+        digits = text.lstrip("0") or "0"
+        # int() of a long string is slow, or refused past 4300 digits: look at the length first
+        if len(digits) > _MAX_DIGITS or int(digits) > _MAX_SIZE:
+            raise self._fail(f"absurd pax size ({len(digits)} digits)")
+        return int(digits)
 
     def _expect_data(self, size: int, use: _Use) -> Member | None:
         self._phase = _Phase.DATA
