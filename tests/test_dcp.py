@@ -7,14 +7,27 @@ import io
 import os
 import pickle
 import socket
+import threading
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint._extension import (
+    ExtensionRegistry,
+    StreamTransformExtension,
+    ZStandard,
+)
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.filesystem import (
+    FileSystemReader,
+    FileSystemWriter,
+    SerializationFormat,
+)
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict_loader import load
 from torch.distributed.checkpoint.state_dict_saver import async_save, save
 from torch.multiprocessing.spawn import spawn
@@ -24,6 +37,8 @@ from aisio.errors import ObjectNotFoundError, RangeError
 from aisio.torch import _dcp_layout as layout
 from aisio.torch.dcp import (
     BinaryPrefixStrategy,
+    CheckpointExistsError,
+    CheckpointFormatError,
     DefaultPrefixStrategy,
     HexPrefixStrategy,
     RoundRobinPrefixStrategy,
@@ -90,6 +105,11 @@ def rank_error(exc: CheckpointException) -> BaseException:
     """The exception rank 0 raised (DCP keeps it with its traceback)."""
     failure = exc.failures[0]
     return failure[0] if isinstance(failure, tuple) else failure
+
+
+def canon(url: str) -> str:
+    """The URL as aisio writes it in errors (plain paths become file:// URLs)."""
+    return aisio._url.parse_url(url).url
 
 
 def names(store: Store, prefix: str) -> list[str]:
@@ -209,12 +229,45 @@ def test_rank_local_metadata(store: Store) -> None:
     assert_same(state(), out)
 
 
-def test_async_save(store: Store) -> None:
-    url = store.url("async")
-    async_save(state(), storage_writer=StorageWriter(url, store.config)).result()
+class HeldWriter(StorageWriter):
+    """A StorageWriter whose uploads wait until the test lets them go."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.go = threading.Event()
+
+    def write_data(self, plan: Any, planner: Any) -> Any:
+        assert self.go.wait(60)
+        return super().write_data(plan, planner)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_async_save_stages_then_uploads_while_training_goes_on(store: Store,
+                                                               cached: bool) -> None:
+    writer = HeldWriter(store.url("async"), store.config, cache_staged_state_dict=cached)
+    live = state()
+    future = async_save(live, storage_writer=writer)  # returns once staged; upload held
+    assert not future.done()
+    live["f32"].add_(1)  # training goes on, changing the tensors in place
+    live["nested"]["w"].zero_()
+    writer.go.set()
+    future.result(timeout=60)
     out = blank()
-    load(out, storage_reader=StorageReader(url, store.config))
-    assert_same(state(), out)
+    load(out, storage_reader=StorageReader(store.url("async"), store.config))
+    assert_same(state(), out)  # what was staged, not what changed after
+    if cached:  # the staging copy is kept for the next save
+        staged = writer.state_dict_cache
+        assert staged is not None
+        ptr = staged["f32"].data_ptr()
+        writer.reset(store.url("async2"))
+        async_save(live, storage_writer=writer, checkpoint_id=store.url("async2")).result(60)
+        assert writer.state_dict_cache["f32"].data_ptr() == ptr
+        out = blank()
+        load(out, storage_reader=StorageReader(store.url("async2"), store.config))
+        assert torch.equal(out["f32"], live["f32"]) and torch.equal(out["nested"]["w"],
+                                                                    live["nested"]["w"])
+        writer.close()
+        assert writer.state_dict_cache is None
 
 
 # --- saving: prefixes, overwrite, failures ----------------------------------------------------
@@ -263,11 +316,279 @@ def test_failed_save_never_looks_complete(store: Store) -> None:
         load(blank(), storage_reader=StorageReader(url, store.config))
 
 
-def test_overwrite_false_refuses(store: Store) -> None:
+def test_overwrite_false_refuses_as_torch_does(store: Store, tmp_path: Path) -> None:
+    url = store.url("ckpt")
+    save(state(), storage_writer=StorageWriter(url, store.config, overwrite=False))  # fresh: fine
+    with pytest.raises(CheckpointException, match="already exists") as info:
+        save(state(), storage_writer=StorageWriter(url, store.config, overwrite=False))
+    ours = rank_error(info.value)
+    assert isinstance(ours, CheckpointExistsError)
+    assert isinstance(ours, RuntimeError) and isinstance(ours, FileExistsError)
+    assert isinstance(ours, aisio.AisioError) and ours.url == canon(store.url("ckpt/.metadata"))
+    assert isinstance(pickle.loads(pickle.dumps(ours)), CheckpointExistsError)
+    folder = tmp_path / "torch"
+    save(state(), storage_writer=FileSystemWriter(folder))
+    with pytest.raises(CheckpointException) as info:
+        save(state(), storage_writer=FileSystemWriter(folder, overwrite=False))
+    theirs = rank_error(info.value)
+    assert type(theirs) is RuntimeError and str(ours) == str(theirs)
+    assert str(ours) == "Checkpoint already exists and self.overwrite=False."
+    # without collectives, as torch, rank 0's metadata stands for the checkpoint
+    save(state(), storage_writer=StorageWriter(store.url("local"), store.config),
+         use_collectives=False)
+    with pytest.raises(CheckpointExistsError):
+        save(state(), storage_writer=StorageWriter(store.url("local"), store.config,
+                                                   overwrite=False), use_collectives=False)
+
+
+# --- bad metadata ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "pickle-like garbage", "not metadata",
+                                    "empty"])
+def test_bad_metadata_is_a_typed_error_naming_the_file(store: Store, damage: str) -> None:
     url = store.url("ckpt")
     save(state(), storage_writer=StorageWriter(url, store.config))
-    with pytest.raises(CheckpointException, match="already exists"):
-        save(state(), storage_writer=StorageWriter(url, store.config, overwrite=False))
+    metadata_url = canon(store.url("ckpt/.metadata"))
+    g = torch.Generator().manual_seed(3)
+    with aisio.Client(store.config) as client:
+        good = client.get(metadata_url)
+        noise = bytes(torch.randint(0, 256, (512,), dtype=torch.uint8, generator=g).tolist())
+        bad = {"truncated": good[:len(good) // 2], "garbage": noise,
+               "pickle-like garbage": b"\x80\x04\x95" + noise,
+               "not metadata": pickle.dumps({"a": 1}), "empty": b""}[damage]
+        client.put(metadata_url, bad)
+    reader = StorageReader(url, store.config)
+    with pytest.raises(CheckpointFormatError) as direct:
+        reader.read_metadata()
+    error = direct.value
+    assert isinstance(error, aisio.AisioError) and isinstance(error, ValueError)
+    assert error.url == metadata_url and metadata_url in str(error)
+    assert not isinstance(error, (EOFError, pickle.UnpicklingError))
+    # dcp.load tries the rank-local metadata next and reports both failures in one message
+    with pytest.raises(CheckpointException, match="is not DCP metadata") as info:
+        load(blank(), storage_reader=StorageReader(url, store.config))
+    assert metadata_url in str(rank_error(info.value))
+    assert isinstance(pickle.loads(pickle.dumps(error)), CheckpointFormatError)
+
+
+# --- every FileSystemWriter option, both ways round with torch --------------------------------------
+
+
+class Zlib(StreamTransformExtension):
+    """A stream transform for the tests: zlib, so nothing beyond the standard library is needed."""
+
+    @staticmethod
+    def registry_name() -> str:
+        return "aisio-test.zlib"
+
+    @staticmethod
+    def from_descriptor(version: str) -> Zlib:
+        assert version == "1"
+        return Zlib()
+
+    def get_descriptor(self) -> str:
+        return f"{self.registry_name()}/1"
+
+    def transform_to(self, output: IO[bytes]) -> IO[bytes]:
+        return cast(IO[bytes], _ZlibWriter(output))
+
+    def transform_from(self, input: IO[bytes]) -> IO[bytes]:
+        return io.BytesIO(zlib.decompress(input.read()))
+
+
+class _ZlibWriter(io.RawIOBase):
+    def __init__(self, output: IO[bytes]) -> None:
+        super().__init__()
+        self.output, self.z = output, zlib.compressobj()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.output.write(self.z.compress(data))
+        return memoryview(data).nbytes
+
+    def close(self) -> None:
+        if not self.closed:
+            self.output.write(self.z.flush())
+            self.output.close()
+        super().close()
+
+
+def registry() -> ExtensionRegistry:
+    reg = ExtensionRegistry()
+    reg.register(Zlib)
+    return reg
+
+
+OPTIONS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "file per item": {"single_file_per_rank": False},
+    "file per item, 3 threads": {"single_file_per_rank": False, "thread_count": 3},
+    "4 threads": {"thread_count": 4},
+    "no copy ahead": {"per_thread_copy_ahead": 0},
+    "cached staging": {"cache_staged_state_dict": True},
+    "no sync": {"sync_files": False},
+    "sync": {"sync_files": True},
+    "overwrite=False": {"overwrite": False},
+    "torch_save format": {"serialization_format": SerializationFormat.TORCH_SAVE},
+    "zlib extension": {"_extensions": [Zlib()], "thread_count": 2},
+    "zlib twice": {"_extensions": [Zlib(), Zlib()]},
+}
+if ZStandard.is_available():
+    OPTIONS["zstd extension"] = {"_extensions": [ZStandard()], "thread_count": 2}
+
+
+def download(store: Store, prefix: str, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    with aisio.Client(store.config) as client:
+        for name in names(store, prefix):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(client.get(store.url(prefix + name)))
+    return folder
+
+
+def upload(store: Store, folder: Path, prefix: str) -> None:
+    with aisio.Client(store.config) as client:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                client.put(store.url(prefix + str(path.relative_to(folder))), path.read_bytes())
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_writer_options_both_ways_round_with_torch(store: Store, tmp_path: Path,
+                                                    option: str) -> None:
+    kwargs = OPTIONS[option]
+    save(state(), storage_writer=StorageWriter(store.url("ours"), store.config, **kwargs))
+    theirs = tmp_path / "theirs"
+    save(state(), storage_writer=FileSystemWriter(theirs, **kwargs))
+    assert names(store, "ours/") == sorted(p.name for p in theirs.iterdir())  # same files
+    extensions = kwargs.get("_extensions", [])
+    expected = [e.get_descriptor() for e in reversed(extensions)] or None
+    for checkpoint in (store.url("ours"), theirs):
+        reader = StorageReader(checkpoint, store.config, _extension_registry=registry())
+        infos = reader.read_metadata().storage_data.values()
+        assert {tuple(i.transform_descriptors or ()) for i in infos} == {tuple(expected or ())}
+    # ours through torch's reader, and torch's through ours, with each reader kind
+    out = blank()
+    load(out, storage_reader=FileSystemReader(download(store, "ours/", tmp_path / "ours"),
+                                              _extension_registry=registry()))
+    assert_same(state(), out)
+    upload(store, theirs, "theirs/")
+    for checkpoint in (store.url("ours"), store.url("theirs")):
+        for reader in READERS.values():
+            out = blank(non_contiguous=True)
+            load(out, storage_reader=StorageReader(checkpoint, store.config, reader,
+                                                   _extension_registry=registry()))
+            assert_same(state(), out)
+
+
+def test_extensions_transform_the_stored_bytes(store: Store) -> None:
+    zeros = {"z": torch.zeros(1 << 16), "extra": {"n": [0] * 1000}}
+    save(zeros, storage_writer=StorageWriter(store.url("plain"), store.config))
+    save(zeros, storage_writer=StorageWriter(store.url("zlib"), store.config, _extensions=[Zlib()]))
+    with aisio.Client(store.config) as client:
+        plain = client.head(store.url("plain/__0_0.distcp")).size
+        packed = client.head(store.url("zlib/__0_0.distcp")).size
+    assert packed < plain // 20
+    with pytest.raises(CheckpointException, match="Unknown extension"):  # no registry for it
+        load({"z": torch.ones(1 << 16), "extra": {"n": []}},
+             storage_reader=StorageReader(store.url("zlib"), store.config))
+    out = {"z": torch.ones(1 << 16), "extra": {"n": []}}
+    load(out, storage_reader=StorageReader(store.url("zlib"), store.config,
+                                           _extension_registry=registry()))
+    assert torch.equal(out["z"], zeros["z"]) and out["extra"] == zeros["extra"]
+
+
+@pytest.mark.parametrize("sync_files", [True, False])
+def test_sync_files_fsyncs_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       sync_files: bool) -> None:
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    folder = tmp_path / "ckpt"
+    save(state(), storage_writer=StorageWriter(folder, thread_count=2, sync_files=sync_files))
+    expected = {str(folder / n) for n in (".metadata", "__0_0.distcp", "__0_1.distcp")}
+    assert (expected | {str(folder)} if sync_files else set()) == set(synced)
+
+
+def test_writer_options_that_cannot_work_raise() -> None:
+    with pytest.raises(NotImplementedError, match="SAFETENSORS"):
+        StorageWriter("/tmp/x", serialization_format=SerializationFormat.SAFETENSORS)
+    with pytest.raises(ValueError):
+        StorageWriter("/tmp/x", serialization_format="bogus")
+    with pytest.raises(TypeError, match="StreamTransformExtension"):
+        StorageWriter("/tmp/x", _extensions=["zstd"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="thread_count"):
+        StorageWriter("/tmp/x", thread_count=0)
+    with pytest.raises(ValueError, match="per_thread_copy_ahead"):
+        StorageWriter("/tmp/x", per_thread_copy_ahead=-1)
+    with pytest.raises(TypeError):
+        StorageWriter("/tmp/x", bogus=True)  # type: ignore[call-arg]
+
+
+# --- layout: torch's, rank for rank ----------------------------------------------------------------
+
+
+def drive_save(writers: list[Any], states: list[dict[str, Any]]) -> Metadata:
+    """One save by ``len(states)`` ranks in this process, each step as dcp.save takes it."""
+    planners = [DefaultSavePlanner() for _ in states]
+    local = []
+    for rank, (writer, planner, sd) in enumerate(zip(writers, planners, states, strict=True)):
+        planner.set_up_planner(state_dict=sd, storage_meta=writer.storage_meta(),
+                               is_coordinator=rank == 0)
+        writer.set_up_storage_writer(rank == 0, rank=rank, use_collectives=True)
+        local.append(writer.prepare_local_plan(planner.create_local_plan()))
+    plans, metadata = planners[0].create_global_plan(local)
+    plans = writers[0].prepare_global_plan(plans)
+    results = []
+    for writer, planner, plan in zip(writers, planners, plans, strict=True):
+        future = writer.write_data(planner.finish_plan(plan), planner)
+        future.wait()
+        results.append(future.value())
+    writers[0].finish(metadata, results)
+    return cast(Metadata, metadata)
+
+
+def rank_states() -> list[dict[str, Any]]:
+    """Rank 0 holds most, rank 1 a little, rank 2 nothing: an idle rank."""
+    return [state(), {"r1": torch.arange(10.0), "extra1": {"k": 1}}, {}]
+
+
+@pytest.mark.parametrize("single_file_per_rank", [True, False])
+def test_layout_matches_torch_rank_for_rank(store: Store, tmp_path: Path,
+                                            single_file_per_rank: bool) -> None:
+    options = {"thread_count": 4, "single_file_per_rank": single_file_per_rank}
+    theirs = drive_save([FileSystemWriter(tmp_path / "t", **options) for _ in range(3)],
+                        rank_states())
+    ours = drive_save([StorageWriter(store.url("o"), store.config, **options) for _ in range(3)],
+                      rank_states())
+    torch_files = sorted(p.name for p in (tmp_path / "t").iterdir())
+    if single_file_per_rank:
+        assert len(torch_files) == 3 * 4 + 1  # every rank writes thread_count files
+    assert names(store, "o/") == torch_files
+    assert ({i: s.relative_path for i, s in ours.storage_data.items()}
+            == {i: s.relative_path for i, s in theirs.storage_data.items()})
+    if single_file_per_rank:  # the idle rank's files are there, empty, as torch writes them
+        with aisio.Client(store.config) as client:
+            assert client.head(store.url("o/__2_3.distcp")).size == 0
+    out = {**blank(), "r1": torch.zeros(10), "extra1": {"k": 0}}
+    load(out, storage_reader=StorageReader(store.url("o"), store.config))
+    assert_same({**state(), "r1": torch.arange(10.0), "extra1": {"k": 1}}, out)
+
+
+def test_idle_rank_gets_its_prefix_folder(store: Store) -> None:
+    strategy = RoundRobinPrefixStrategy(["p0", "p1", "p2"])
+    drive_save([StorageWriter(store.url("rr"), store.config, thread_count=2,
+                              prefix_strategy=strategy) for _ in range(3)], rank_states())
+    assert names(store, "rr/") == [".metadata"] + [f"p{r}/__{r}_{n}.distcp"
+                                                   for r in range(3) for n in range(2)]
 
 
 # --- errors that name the file ----------------------------------------------------------------

@@ -22,7 +22,7 @@ import math
 import os
 import pickle
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint import filesystem as _torch_fs
 from torch.distributed.checkpoint import storage as _storage
+from torch.distributed.checkpoint._extension import ExtensionRegistry, StreamTransformExtension
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import (
     LoadItemType,
@@ -43,34 +44,40 @@ from torch.distributed.checkpoint.planner import (
     WriteItem,
     WriteItemType,
 )
+from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from .. import _bridge
 from .._buffers import writable_view
+from .._client import AsyncClient
 from .._config import ClientConfig
 from .._engine import _first_error
 from .._planner import coalesce
 from .._readers import ReaderConstructor
 from .._url import parse_url
-from ..errors import InvalidURLError, ObjectNotFoundError, RangeError
+from ..errors import AisioError, InvalidURLError, ObjectNotFoundError, RangeError
 from . import _dcp_layout as layout
 from ._checkpoint import compat_config
 from ._datasets import client_for
 
 __all__ = [
     "BinaryPrefixStrategy",
+    "CheckpointExistsError",
+    "CheckpointFormatError",
     "DefaultPrefixStrategy",
     "HexPrefixStrategy",
     "LoadStatistics",
     "NumericPrefixStrategy",
     "PrefixStrategy",
     "RoundRobinPrefixStrategy",
+    "S3FileSystem",
     "S3PrefixStrategyBase",
     "S3StorageReader",
     "S3StorageWriter",
     "StorageReader",
     "StorageWriter",
+    "UrlFileSystem",
 ]
 
 # torch's own class: .metadata files pickle it, so both sides must use the same one
@@ -116,6 +123,101 @@ def _done(value: Any) -> Future[Any]:
     fut: Future[Any] = Future()
     fut.set_result(value)
     return fut
+
+
+# ---------------------------------------------------------------------------- file system
+
+
+class UrlFileSystem(_torch_fs.FileSystemBase):
+    """torch's ``FileSystemBase`` over aisio URLs: what ``StorageWriter.fs`` and ``StorageReader.fs`` are.
+
+    Paths are URLs (or local paths). ``create_stream(url, "wb")`` is a multipart writer whose
+    object appears when the stream closes, ``"rb"`` a reader made by ``reader_constructor``;
+    ``rename`` on an object store copies through this process and deletes the source.
+    """
+
+    def __init__(self, config: ClientConfig | None = None,
+                 reader_constructor: ReaderConstructor | None = None) -> None:
+        self.config = config if config is not None else ClientConfig.from_env()
+        self.reader_constructor = reader_constructor
+        self._path: str | os.PathLike[str] = ""
+
+    def __repr__(self) -> str:
+        return f"<aisio {type(self).__name__}>"
+
+    @property
+    def client(self) -> _bridge.Client:
+        return client_for(self.config)
+
+    @contextlib.contextmanager
+    def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[io.IOBase]:
+        url = os.fspath(path)
+        if mode == "wb":
+            with self.client.writer(url) as writer:
+                yield writer
+        elif mode == "rb":
+            reader = self.client.open(url, self.reader_constructor)
+            try:
+                yield reader
+            finally:
+                reader.close()
+        else:
+            raise ValueError(f"create_stream opens streams with mode 'rb' or 'wb', not {mode!r}")
+
+    def concat_path(self, path: str | os.PathLike[str], suffix: str) -> str:
+        return _join(os.fspath(path), suffix)
+
+    def init_path(self, path: str | os.PathLike[str]) -> str | os.PathLike[str]:
+        self._path = path
+        return path
+
+    def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
+        """Move one object: a local rename for files, else a copy (streamed) and a delete."""
+        old, new = parse_url(os.fspath(path)), parse_url(os.fspath(new_path))
+        if old.scheme == new.scheme == "file":
+            os.makedirs(os.path.dirname(new.key) or ".", exist_ok=True)
+            try:
+                os.replace(old.key, new.key)
+            except FileNotFoundError as exc:
+                raise ObjectNotFoundError(f"cannot rename {old.url}: it does not exist",
+                                          url=old.url) from exc
+            return
+        client = self.client
+        with client.open(old.url, ReaderConstructor.sequential()) as reader, \
+                client.writer(new.url) as writer:
+            while chunk := reader.read(self.config.part_size):
+                writer.write(chunk)
+        client.delete(old.url)
+
+    def mkdir(self, path: str | os.PathLike[str]) -> None:
+        """Folders exist by their objects; a local one is made (as torch's FileSystem does)."""
+        loc = parse_url(os.fspath(path))
+        if loc.scheme == "file":
+            os.makedirs(loc.key, exist_ok=True)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        try:
+            parse_url(checkpoint_id)
+        except InvalidURLError:
+            return False
+        return True
+
+    def exists(self, path: str | os.PathLike[str]) -> bool:
+        try:
+            self.client.head(os.fspath(path))
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def rm_file(self, path: str | os.PathLike[str]) -> None:
+        self.client.delete(os.fspath(path))
+
+    def ls(self, path: str | os.PathLike[str]) -> list[str]:
+        """The URLs of the objects under the folder ``path``."""
+        folder = os.fspath(path)
+        folder = folder if folder.endswith("/") else folder + "/"
+        return [info.url for info in self.client.list(folder)]
 
 
 # ---------------------------------------------------------------------------- prefixes
@@ -283,13 +385,104 @@ def _savable(data: Any) -> torch.Tensor:
     return tensor
 
 
-class StorageWriter(_CheckpointURL, _storage.StorageWriter):
+class _Unclosable(io.RawIOBase):
+    """Hands writes on to the file's stream; closing it (as a transform's close does) keeps that open."""
+
+    def __init__(self, raw: _UploadStream) -> None:
+        super().__init__()
+        self._raw = raw
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return self._raw.write(data)
+
+
+def _accelerator_in_use() -> bool:
+    """What torch's FileSystemWriter asks before copying tensors ahead: is there a device to copy from?"""
+    if torch.cuda.is_available():
+        return True
+    custom = getattr(torch, torch._C._get_privateuse1_backend_name(), None)
+    return bool(custom is not None and custom.is_available())
+
+
+def _fsync_local(url: str) -> None:
+    """Flush a local file and its folder entry to disk (object stores are durable once a PUT completes)."""
+    loc = parse_url(url)
+    if loc.scheme != "file":
+        return
+    for path, flags in ((loc.key, os.O_RDONLY), (os.path.dirname(loc.key) or ".", os.O_RDONLY)):
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _serialization_format(value: Any) -> Any:
+    """torch's SerializationFormat.TORCH_SAVE (the only one written here), checked."""
+    formats = getattr(_torch_fs, "SerializationFormat", None)
+    if formats is None:  # a torch without the option: only torch.save exists
+        if value not in (None, "torch_save"):
+            raise ValueError(f"serialization_format {value!r} is not known to this torch")
+        return value
+    fmt = formats(value) if isinstance(value, str) else value
+    if not isinstance(fmt, formats):
+        raise ValueError(f"serialization_format must be a {formats.__name__}, got {value!r}")
+    if fmt != formats.TORCH_SAVE:
+        raise NotImplementedError(
+            f"serialization_format={fmt} is not supported by aisio's StorageWriter: torch's "
+            "FileSystemReader cannot read such files either (only its Hugging Face reader does); "
+            "use SerializationFormat.TORCH_SAVE")
+    return fmt
+
+
+def _checked_extensions(extensions: Sequence[Any] | None) -> tuple[Any, ...]:
+    out = tuple(extensions or ())
+    for ex in out:
+        if not isinstance(ex, StreamTransformExtension):
+            raise TypeError(f"_extensions takes StreamTransformExtension instances (such as "
+                            f"ZStandard()), got {ex!r}")
+    return out
+
+
+class CheckpointExistsError(AisioError, FileExistsError, RuntimeError):
+    """``overwrite=False`` and the folder already holds a checkpoint.
+
+    The text is torch's (``Checkpoint already exists and self.overwrite=False.``) and it is
+    a ``RuntimeError`` as torch's is, so code written for FileSystemWriter keeps working;
+    ``url`` names the metadata object found.
+    """
+
+
+class CheckpointFormatError(AisioError, ValueError):
+    """A checkpoint's ``.metadata`` is truncated or is not DCP metadata; ``url`` names it."""
+
+
+_EXISTS = "Checkpoint already exists and self.overwrite=False."
+
+
+class StorageWriter(_CheckpointURL, _storage.StorageWriter, AsyncStager):
     """Saves a DCP checkpoint to a URL folder (``s3://``, ``ais://``, ``file://`` or a path).
 
-    Each rank writes one object per thread bucket, named ``{prefix}{n}.distcp`` as torch's
-    FileSystemWriter names them (``prefix_strategy`` can spread ranks over key prefixes),
-    through the multipart writer; ``thread_count`` buckets are serialized in parallel.
-    ``overwrite=False`` refuses a folder that already holds a checkpoint.
+    Takes torch's ``FileSystemWriter`` options and writes the same files:
+
+    - ``single_file_per_rank``: one object per rank and thread bucket, ``{prefix}{n}.distcp``
+      (``thread_count`` of them, empty ones too, as torch writes them); False: one object
+      per item. ``prefix_strategy`` names the prefix of each rank's files.
+    - ``thread_count``: objects serialized and uploaded in parallel.
+    - ``per_thread_copy_ahead``: bytes of accelerator tensors copied to the CPU ahead of
+      their upload (torch's overlapping loader; used, as in torch, when there is an
+      accelerator and ``thread_count`` is 1).
+    - ``cache_staged_state_dict``: ``dcp.async_save`` stages into one CPU copy kept for
+      the next save (pinned when an accelerator is there).
+    - ``sync_files``: local files are fsynced; an object store's completed upload already is.
+    - ``overwrite=False``: a folder that already holds a checkpoint raises
+      ``CheckpointExistsError``, a ``RuntimeError`` with torch's text.
+    - ``_extensions``: torch's stream transforms (``ZStandard()``, ...), applied per item and
+      named in the metadata, so torch's FileSystemReader undoes them.
+    - ``serialization_format``: ``TORCH_SAVE`` only; ``SAFETENSORS`` raises NotImplementedError.
     """
 
     def __init__(
@@ -297,32 +490,88 @@ class StorageWriter(_CheckpointURL, _storage.StorageWriter):
         url: str | os.PathLike[str],
         config: ClientConfig | None = None,
         *,
+        single_file_per_rank: bool = True,
+        sync_files: bool = True,
         thread_count: int = 1,
-        prefix_strategy: PrefixStrategy | Callable[[int], str] | None = None,
+        per_thread_copy_ahead: int = 10_000_000,
+        cache_staged_state_dict: bool = False,
         overwrite: bool = True,
+        _extensions: Sequence[StreamTransformExtension] | None = None,
+        serialization_format: Any = None,
+        prefix_strategy: PrefixStrategy | Callable[[int], str] | None = None,
         max_in_flight: int | None = None,
     ) -> None:
         super().__init__()
-        if thread_count < 1:
-            raise ValueError(f"thread_count must be positive, got {thread_count}")
+        if not isinstance(thread_count, int) or thread_count < 1:
+            raise ValueError(f"thread_count must be a positive integer, got {thread_count!r}")
+        if per_thread_copy_ahead < 0:
+            raise ValueError(f"per_thread_copy_ahead must be >= 0, got {per_thread_copy_ahead}")
         self.url = os.fspath(url)
         self.config = config if config is not None else ClientConfig.from_env()
+        self.single_file_per_rank = bool(single_file_per_rank)
+        self.sync_files = bool(sync_files)
         self.thread_count = thread_count
-        self.prefix_strategy = prefix_strategy or DefaultPrefixStrategy()
+        self.per_thread_copy_ahead = per_thread_copy_ahead
+        self.cache_staged_state_dict = bool(cache_staged_state_dict)
         self.overwrite = overwrite
+        self.extensions = _checked_extensions(_extensions)
+        self.serialization_format = _serialization_format(
+            serialization_format if serialization_format is not None
+            else getattr(getattr(_torch_fs, "SerializationFormat", None), "TORCH_SAVE", None))
+        self.prefix_strategy = prefix_strategy or DefaultPrefixStrategy()
         self.max_in_flight = max_in_flight
         self.save_id = uuid.uuid4().hex
         self.rank: int | None = None
         self.is_coordinator = False
         self.use_collectives = True
+        self.state_dict_cache: Any = None
 
     def __repr__(self) -> str:
         return f"<aisio StorageWriter {self.url}>"
 
     @property
+    def path(self) -> str:
+        """The checkpoint's URL (torch's FileSystemWriter calls it ``path``)."""
+        return self.url
+
+    @property
     def client(self) -> _bridge.Client:
         """This process's client for the writes."""
         return client_for(self.config)
+
+    @property
+    def fs(self) -> UrlFileSystem:
+        """torch's ``FileSystemBase`` over this writer's client (``exists``, ``rm_file``, ``rename``...)."""
+        return UrlFileSystem(self.config)
+
+    # -- staging (dcp.async_save)
+
+    _synchronize_after_execute = False
+
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """A CPU copy of ``state_dict`` for ``dcp.async_save`` to upload while training goes on."""
+        from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
+
+        if not self.cache_staged_state_dict:
+            staged = _create_cpu_state_dict(state_dict)
+            _copy_state_dict(state_dict, staged)
+            return staged
+        if self.state_dict_cache is None:
+            self.state_dict_cache = _create_cpu_state_dict(state_dict,
+                                                           pin_memory=_accelerator_in_use())
+        return _copy_state_dict(state_dict, self.state_dict_cache)
+
+    def synchronize_staging(self) -> None:
+        """Staging is done when ``stage`` returns."""
+
+    def close(self) -> None:
+        """Drops the cached staging copy."""
+        self.state_dict_cache = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "state_dict_cache": None}
+
+    # -- the save protocol
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         if checkpoint_id:
@@ -342,8 +591,11 @@ class StorageWriter(_CheckpointURL, _storage.StorageWriter):
         return _join(self.url, _metadata_name(rank))
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        if not self.overwrite and self._exists(self._own_metadata()):
-            raise FileExistsError(f"a checkpoint already exists at {self.url} (overwrite=False)")
+        if not self.overwrite:
+            # as torch: without collectives the lowest rank's metadata stands for the checkpoint
+            found = _join(self.url, _metadata_name(None if self.use_collectives else 0))
+            if self._exists(found):
+                raise CheckpointExistsError(_EXISTS, url=found)
         if self.rank is not None and not self.use_collectives:
             plan = dataclasses.replace(plan, storage_data=_FilePrefix(self.prefix_strategy(self.rank)))
         return plan
@@ -361,44 +613,81 @@ class StorageWriter(_CheckpointURL, _storage.StorageWriter):
         prefix = getattr(plan.storage_data, "prefix", None)
         if not isinstance(prefix, str):
             raise ValueError("the save plan has no file prefix; was prepare_global_plan called?")
-        files = [(f"{prefix}{n}{_SUFFIX}", bucket)
-                 for n, bucket in enumerate(_buckets(plan.items, self.thread_count)) if bucket]
-        if len(files) <= 1:
+        groups = (_buckets(plan.items, self.thread_count) if self.single_file_per_rank
+                  else [[item] for item in plan.items])
+        files = [(f"{prefix}{n}{_SUFFIX}", items) for n, items in enumerate(groups)]
+        workers = min(self.thread_count, len(files))
+        if workers <= 1:
             results = [self._write_file(name, items, planner) for name, items in files]
         else:
-            with ThreadPoolExecutor(len(files), thread_name_prefix="aisio-dcp-save") as pool:
+            with ThreadPoolExecutor(workers, thread_name_prefix="aisio-dcp-save") as pool:
                 results = list(pool.map(lambda f: self._write_file(f[0], f[1], planner), files))
         return _done([r for rs in results for r in rs])
 
+    def _tensors(self, items: list[WriteItem], planner: SavePlanner
+                 ) -> Iterator[tuple[torch.Tensor, WriteItem]]:
+        """The items' tensors on the CPU, copied ahead from an accelerator as torch does."""
+        if self.per_thread_copy_ahead > 0 and self.thread_count == 1 and _accelerator_in_use():
+            loader = _torch_fs._OverlappingCpuLoader(
+                planner.resolve_data, inflight_threshhold=self.per_thread_copy_ahead)
+            for item in items:
+                loader.add(item.tensor_storage_size() or 0, item)
+            for tensor, obj in loader.values():
+                yield _savable(tensor), cast("WriteItem", obj)
+            return
+        for item in items:
+            yield _savable(planner.resolve_data(item)), item
+
     def _write_file(self, name: str, items: list[WriteItem], planner: SavePlanner) -> list[WriteResult]:
         """Serialize ``items`` (byte items first, as torch does) into one uploaded object."""
-        stream = _UploadStream(self.client.writer(_join(self.url, name),
-                                                  max_in_flight=self.max_in_flight))
+        url = _join(self.url, name)
+        stream = _UploadStream(self.client.writer(url, max_in_flight=self.max_in_flight))
         results = []
         try:
-            for item in sorted(items, key=lambda i: i.type != WriteItemType.BYTE_IO):
-                data = planner.resolve_data(item)
-                offset = stream.tell()
+            for item in items:
                 if item.type == WriteItemType.BYTE_IO:
+                    data = planner.resolve_data(item)
                     assert isinstance(data, io.BytesIO)
-                    stream.write(data.getbuffer())
-                else:
-                    torch.save(_savable(data), cast("IO[bytes]", stream))
-                length = stream.tell() - offset
-                results.append(WriteResult(index=item.index, size_in_bytes=length,
-                                           storage_data=_StorageInfo(name, offset, length)))
+                    results.append(self._write_item(stream, name, item, data.getbuffer()))
+            tensors = [item for item in items if item.type != WriteItemType.BYTE_IO]
+            for tensor, item in self._tensors(tensors, planner):
+                results.append(self._write_item(stream, name, item, tensor))
             stream.close()
         except BaseException:
             stream.abort()
             raise
+        if self.sync_files:
+            _fsync_local(url)
         return results
+
+    def _write_item(self, stream: _UploadStream, name: str, item: WriteItem,
+                    data: torch.Tensor | memoryview) -> WriteResult:
+        """One item at the stream's end, through the extensions' transforms if there are any."""
+        offset = stream.tell()
+        target: Any = stream
+        for ex in self.extensions:
+            target = ex.transform_to(target if target is not stream else _Unclosable(stream))
+        if isinstance(data, torch.Tensor):
+            torch.save(data, cast("IO[bytes]", target))
+        else:
+            target.write(data)
+        if target is not stream:
+            target.close()
+        length = stream.tell() - offset
+        info = (_StorageInfo(name, offset, length) if not self.extensions else _StorageInfo(
+            name, offset, length,
+            transform_descriptors=[ex.get_descriptor() for ex in reversed(self.extensions)]))
+        return WriteResult(index=item.index, size_in_bytes=length, storage_data=info)
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """Write ``.metadata`` in one PUT, after every rank's files are complete."""
         metadata.version = _DCP_VERSION
         metadata.storage_data = {r.index: r.storage_data for rs in results for r in rs}
         metadata.storage_meta = self.storage_meta()
-        self.client.put(self._own_metadata(), pickle.dumps(metadata))
+        url = self._own_metadata()
+        self.client.put(url, pickle.dumps(metadata))
+        if self.sync_files:
+            _fsync_local(url)
 
     def _exists(self, url: str) -> bool:
         try:
@@ -472,6 +761,7 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
         reader_constructor: ReaderConstructor | None = None,
         *,
         streams: int = 8,
+        _extension_registry: ExtensionRegistry | None = None,
     ) -> None:
         super().__init__()
         if streams < 1:
@@ -480,6 +770,7 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
         self.config = config if config is not None else ClientConfig.from_env()
         self.reader_constructor = reader_constructor or ReaderConstructor.dcp_optimized()
         self.streams = streams
+        self.extension_registry = _extension_registry
         self.load_id = uuid.uuid4().hex
         self.metadata: Metadata | None = None
         self.storage_data: dict[Any, Any] = {}
@@ -497,6 +788,16 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
         if self.reader_constructor.kind == "dcp_optimized":
             config = config.replace(part_size=_WHOLE_GET)
         return client_for(config)
+
+    @property
+    def path(self) -> str:
+        """The checkpoint's URL (torch's FileSystemReader calls it ``path``)."""
+        return self.url
+
+    @property
+    def fs(self) -> UrlFileSystem:
+        """torch's ``FileSystemBase`` over this reader's client, reading with its reader constructor."""
+        return UrlFileSystem(self.config, self.reader_constructor)
 
     def statistics(self) -> LoadStatistics:
         """How the last ``read_data`` of this reader went."""
@@ -521,9 +822,7 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
             except ObjectNotFoundError as exc:
                 raise ObjectNotFoundError(
                     f"no DCP checkpoint at {self.url}: {url} does not exist", url=url) from exc
-        metadata = pickle.loads(raw)
-        if not isinstance(metadata, Metadata):
-            raise ValueError(f"{_join(self.url, name)} is not DCP metadata")
+        metadata = _unpickled_metadata(raw, _join(self.url, name))
         if metadata.storage_meta is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -542,10 +841,16 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
                                                                  tuple(chunk.sizes))
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
-        """Order the items by file and offset, the order their bytes arrive in."""
+        """Order the items by storage offset, as the S3 connector does.
+
+        A reader constructor with ``set_item_ranges_by_file`` (the connector's protocol) is
+        handed the byte ranges of the plan, as the connector's reader hands them.
+        """
         data = self.storage_data
-        items = sorted(plan.items, key=lambda r: (data[r.storage_index].relative_path,
-                                                  data[r.storage_index].offset))
+        items = sorted(plan.items, key=lambda r: data[r.storage_index].offset)
+        inject = getattr(self.reader_constructor, "set_item_ranges_by_file", None)
+        if callable(inject):
+            inject(items, data, self.url)
         return dataclasses.replace(plan, items=items)
 
     def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
@@ -648,7 +953,7 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
         descriptors = getattr(stored.info, "transform_descriptors", None)
         if not descriptors:
             return raw
-        transforms = _torch_fs._StorageReaderTransforms()
+        transforms = _torch_fs._StorageReaderTransforms(self.extension_registry)
         return io.BytesIO(transforms.transform_load_stream(stored.reads[0], descriptors, raw).read())
 
     def _load_whole(self, stored: _Stored) -> torch.Tensor:
@@ -763,6 +1068,21 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
             raise _truncated(url, size, need, self.url) from exc
 
 
+def _unpickled_metadata(raw: bytes, url: str) -> Metadata:
+    """The ``Metadata`` pickled in ``raw``; anything else raises CheckpointFormatError naming ``url``."""
+    try:
+        metadata = pickle.loads(raw)
+    except Exception as exc:  # truncated or foreign bytes fail in many ways inside pickle
+        raise CheckpointFormatError(
+            f"{url} is not DCP metadata: its {len(raw)} bytes do not unpickle "
+            f"({type(exc).__name__}: {exc}); the checkpoint is truncated or corrupt", url=url
+        ) from exc
+    if not isinstance(metadata, Metadata):
+        raise CheckpointFormatError(
+            f"{url} is not DCP metadata: it holds a pickled {type(metadata).__name__}", url=url)
+    return metadata
+
+
 def _truncated(url: str, size: int, need: int, checkpoint: str) -> RangeError:
     return RangeError(f"checkpoint file {url} is truncated: it has {size} bytes but the "
                       f"metadata of {checkpoint} expects {need}", url=url)
@@ -801,28 +1121,45 @@ def _copy_into(target: torch.Tensor, src: torch.Tensor, req: ReadItem) -> None:
 # ---------------------------------------------------------------------------- S3 connector names
 
 
-_TORCH_WRITER_OPTIONS = {"single_file_per_rank", "sync_files", "per_thread_copy_ahead",
-                         "cache_staged_state_dict", "serialization_format", "_extensions"}
+class S3FileSystem(UrlFileSystem):
+    """The S3 connector's ``S3FileSystem(region, s3_client, s3client_config, reader_constructor)``.
+
+    ``s3_client`` may be an ``aisio.Client`` (its config is used); the connector's own
+    client objects are not accepted.
+    """
+
+    def __init__(self, region: str, s3_client: Any = None, s3client_config: Any = None,
+                 reader_constructor: ReaderConstructor | None = None, *,
+                 config: ClientConfig | None = None) -> None:
+        if s3_client is not None:
+            if not isinstance(s3_client, (_bridge.Client, AsyncClient)):
+                raise TypeError("s3_client must be an aisio.Client (or left out: the file system "
+                                f"makes its own); got {type(s3_client).__name__}")
+            config = config if config is not None else s3_client.config
+        super().__init__(compat_config(region, None, s3client_config, config),
+                         reader_constructor or ReaderConstructor.default())
+        self.region = region
 
 
 class S3StorageWriter(StorageWriter):
     """The S3 connector's ``S3StorageWriter(region, path, ...)`` over ``StorageWriter``.
 
-    torch FileSystemWriter options in ``kwargs`` that do not apply here are accepted and
-    ignored (single_file_per_rank, sync_files, per_thread_copy_ahead, ...).
+    ``kwargs`` are torch's FileSystemWriter options, each honoured as ``StorageWriter``
+    honours it (``sync_files`` is accepted too; an upload is durable once complete).
     """
 
     def __init__(self, region: str, path: str | os.PathLike[str], s3client_config: Any = None,
                  prefix_strategy: PrefixStrategy | None = None, thread_count: int = 1,
                  **kwargs: Any) -> None:
         config = kwargs.pop("config", None)
-        unknown = set(kwargs) - _TORCH_WRITER_OPTIONS - {"overwrite"}
-        if unknown:
-            raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
         super().__init__(path, compat_config(region, None, s3client_config, config),
-                         thread_count=thread_count, prefix_strategy=prefix_strategy,
-                         overwrite=kwargs.get("overwrite", True))
+                         thread_count=thread_count, prefix_strategy=prefix_strategy, **kwargs)
         self.region = region
+
+    @property
+    def fs(self) -> S3FileSystem:
+        """The connector's ``S3FileSystem`` over this writer's settings."""
+        return S3FileSystem(self.region, config=self.config)
 
 
 class S3StorageReader(StorageReader):
@@ -834,3 +1171,9 @@ class S3StorageReader(StorageReader):
         super().__init__(path, compat_config(region, None, s3client_config, config),
                          reader_constructor)
         self.region = region
+
+    @property
+    def fs(self) -> S3FileSystem:
+        """The connector's ``S3FileSystem`` over this reader's settings and reader constructor."""
+        return S3FileSystem(self.region, reader_constructor=self.reader_constructor,
+                            config=self.config)
