@@ -5,9 +5,19 @@ goes through the sync bridge. Settings come from ``ClientConfig.from_env()`` (AW
 AIS_*, AISIO_*), overridden by the flags every command accepts.
 
 Exit status, as a shell user expects: 0 success; 1 an error (not found, access denied,
-a bad URL, an unsafe key), reported as one line ``aisio: <command>: <message>`` on
-stderr; 2 a usage error (from argparse); 130 interrupted by Ctrl-C; 141 when the
-reader of stdout went away (``aisio cat ... | head``), as for ``cat``.
+a bad URL, an unsafe key, a size that is not known, stdout closed), reported as one line
+``aisio: <command>: <message>`` on stderr; 2 a usage error (from argparse); 130
+interrupted by Ctrl-C; 141 (128 + SIGPIPE), quietly, when the reader of stdout went away
+(``aisio cat ... | head -c1``), as a shell reports ``cat`` killed by SIGPIPE.
+
+``ls -r`` and ``cp -r`` carry on past an object they cannot name, read or write: each one
+is reported on stderr (``cp`` after the copy), the rest are listed or copied, and the exit
+status is 1.
+
+Names are printed so that no key can rewrite the terminal: control and other
+non-printable characters in keys (in ``ls``, ``stat`` and error messages) are shown as
+Python escapes (``\\n``, ``\\x1b``, ``\\u202e``), and bytes of a local file name that
+are not UTF-8 as ``\\xNN``; everything else, backslashes included, is printed as it is.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from ._config import ClientConfig
 from ._readers import ReaderConstructor
 from ._types import ObjectInfo
 from ._url import Location, parse_url, redact
-from .errors import AisioError, ObjectChangedError, ObjectNotFoundError
+from .errors import AisioError, InvalidURLError, ObjectChangedError, ObjectNotFoundError
 
 __all__ = [
     "CommandError",
@@ -43,6 +53,7 @@ __all__ = [
     "human",
     "main",
     "parse_size",
+    "printable",
     "safe_destination",
 ]
 
@@ -162,9 +173,37 @@ def safe_destination(root: str, rel: str) -> str:
 
 
 def _check_remote_key(rel: str) -> None:
-    """Keys copied between stores: no absolute keys, no ``..`` components."""
+    """Keys copied between stores: no absolute keys, no ``..`` components, valid Unicode."""
     if not rel or rel.startswith("/") or ".." in rel.split("/") or "\x00" in rel:
         raise UnsafeKeyError(f"refusing key {rel!a}: empty, absolute or contains '..'")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # a local file name that is not UTF-8
+        raise UnsafeKeyError(
+            f"refusing key '{printable(rel)}': a file name that is not UTF-8 is no object key"
+        ) from None
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print: non-printable characters as Python escapes, undecodable bytes as \\xNN."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable():
+            out.append(char)
+        elif "\udc80" <= char <= "\udcff":  # a byte os.fsdecode could not decode
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        else:
+            out.append(ascii(char)[1:-1])
+    return "".join(out)
+
+
+def _known_size(info: ObjectInfo) -> int:
+    """The object's size; CommandError if the store did not say (never read as empty)."""
+    if info.size < 0:
+        raise CommandError(f"size of {info.url} is unknown: not read", url=info.url)
+    return info.size
 
 
 def _is_local_dir(loc: Location) -> bool:
@@ -196,10 +235,17 @@ class _Names:
         return self.prefix.child(self.prefix.key + rel).url
 
 
-async def _listed(client: AsyncClient, prefix: Location) -> AsyncIterator[tuple[str, ObjectInfo]]:
-    """(key relative to ``prefix``, info) for every object under it."""
+async def _listed(
+    client: AsyncClient, prefix: Location, failed: Callable[[str], None],
+) -> AsyncIterator[tuple[str, ObjectInfo]]:
+    """(key relative to ``prefix``, info) for every object under it; ``failed`` hears of the
+    ones that cannot be named, and the listing goes on."""
     async for info in client.list(prefix, recursive=True):
-        key = _key_of(info)
+        try:
+            key = _key_of(info)
+        except InvalidURLError as exc:
+            failed(f"skipped {info.url!a}: {_message(exc)}")
+            continue
         if key.startswith(prefix.key):
             yield key[len(prefix.key):], info
 
@@ -262,7 +308,14 @@ async def cmd_ls(client: AsyncClient, args: argparse.Namespace) -> int:
     names = _Names(args.url, prefix)
     shown = 0
     folders: set[str] = set()
-    async for rel, info in _listed(client, prefix):
+    failures = 0
+
+    def failed(message: str) -> None:
+        nonlocal failures
+        failures += 1
+        _report("ls", message)
+
+    async for rel, info in _listed(client, prefix, failed):
         if not rel:
             continue  # the folder's own marker object
         if not args.recursive and "/" in rel:
@@ -274,12 +327,15 @@ async def cmd_ls(client: AsyncClient, args: argparse.Namespace) -> int:
             continue
         _print_entry(args, names(rel), info)
         shown += 1
+    if failures:
+        return EXIT_ERROR
     if shown == 0 and prefix.key and not _is_local_dir(prefix):
         raise ObjectNotFoundError(f"no objects under {prefix.url}", url=prefix.url)
     return EXIT_OK
 
 
 def _print_entry(args: argparse.Namespace, name: str, info: ObjectInfo | None) -> None:
+    name = printable(name)
     if not args.long:
         print(name)
         return
@@ -297,7 +353,7 @@ async def cmd_stat(client: AsyncClient, args: argparse.Namespace) -> int:
         info = await client.head(url)
         records.append({
             "url": info.url,
-            "size": info.size,
+            "size": _known_size(info),
             "etag": info.etag,
             "last_modified": info.last_modified.isoformat() if info.last_modified else None,
             "version": info.version,
@@ -308,18 +364,18 @@ async def cmd_stat(client: AsyncClient, args: argparse.Namespace) -> int:
     for i, rec in enumerate(records):
         if i:
             print()
-        print(f"url:           {rec['url']}")
+        print(f"url:           {printable(str(rec['url']))}")
         print(f"size:          {rec['size']} ({human(rec['size'])})")  # type: ignore[arg-type]
-        print(f"etag:          {rec['etag'] or '-'}")
+        print(f"etag:          {printable(str(rec['etag'] or '-'))}")
         print(f"last modified: {rec['last_modified'] or '-'}")
         if rec["version"]:
-            print(f"version:       {rec['version']}")
+            print(f"version:       {printable(str(rec['version']))}")
     return EXIT_OK
 
 
 async def cmd_cat(client: AsyncClient, args: argparse.Namespace) -> int:
     info = await client.head(args.url)
-    start, end = _resolve_range(args.range, info.size, info.url)
+    start, end = _resolve_range(args.range, _known_size(info), info.url)
     out = sys.stdout.buffer
     window = client.config.part_size * min(client.config.max_concurrency, 8)
     loop = asyncio.get_running_loop()
@@ -396,6 +452,7 @@ async def _single_job(
         raise CommandError(f"{args.src} is a folder or prefix (use -r to copy what is under it)",
                            url=src.url)
     info = await client.head(src)
+    _known_size(info)
     if dst.is_prefix or _is_local_dir(dst):
         name = src.key.rsplit("/", 1)[-1]
         if dst.scheme == "file":
@@ -427,18 +484,19 @@ async def _copy_tree(
     async def produce() -> None:
         nonlocal listed
         async with send:
-            async for rel, info in _listed(client, prefix):
+            async for rel, info in _listed(client, prefix, failures.append):
                 if not rel or rel.endswith("/"):
                     continue  # folder marker objects
                 listed += 1
                 try:
+                    _known_size(info)
                     if local_root is not None:
                         target = Location("file", "", safe_destination(local_root, rel))
                     else:
                         _check_remote_key(rel)
                         target = dst_prefix.child(dst_prefix.key + rel)
-                except UnsafeKeyError as exc:
-                    failures.append(f"{prefix.url}: {exc}")
+                except AisioError as exc:
+                    failures.append(f"{prefix.url}: {_message(exc)}")
                     continue
                 progress.grow(info.size)
                 await send.send(_CopyJob(_source(prefix, rel), info, target, names(rel)))
@@ -449,8 +507,11 @@ async def _copy_tree(
                 try:
                     await _copy_object(client, job, progress)
                     progress.count += 1
-                except (AisioError, OSError) as exc:
-                    failures.append(_message(exc))
+                except Exception as exc:  # one object's failure: report it, copy the rest
+                    message = _message(exc)
+                    if job.shown not in message:
+                        message = f"{job.shown}: {message}"
+                    failures.append(message)
 
     async with anyio.create_task_group() as tg:
         with receive:
@@ -466,21 +527,25 @@ async def _copy_object(client: AsyncClient, job: _CopyJob, progress: _Progress) 
     part = client.config.part_size
     window = part * 2
     if job.info.size <= window:
-        data = await client.get_view(job.source) if job.info.size else memoryview(b"")
+        # read even when listed as empty: a source whose size is not its length (/proc)
+        # must fail here, not become an empty object
+        data = await client.get_view(job.source)
         await client.put(job.target, data)
         progress.update(len(data))
         return
     reader = await client.open(job.source, ReaderConstructor.range_based(0), info=job.info)
     async with reader, client.writer(job.target, max_in_flight=4) as writer:
         buf = memoryview(bytearray(window))
+        copied = 0
         while True:
             n = await reader.readinto(buf)
             if n == 0:
                 break
             await writer.write(buf[:n])
+            copied += n
             progress.update(n)
-    if writer.info is not None and writer.info.size != job.info.size:
-        raise ObjectChangedError(f"{job.shown} changed size while it was copied", url=job.info.url)
+        if copied != job.info.size:  # raised inside the block: the writer aborts
+            raise ObjectChangedError(f"{job.shown} changed size while it was copied", url=job.info.url)
 
 
 async def cmd_bench(client: AsyncClient, args: argparse.Namespace) -> int:
@@ -488,7 +553,7 @@ async def cmd_bench(client: AsyncClient, args: argparse.Namespace) -> int:
     objects: list[tuple[Location, int]] = []
     if loc.is_prefix or _is_local_dir(loc):
         prefix = _as_prefix(loc)
-        async for rel, info in _listed(client, prefix):
+        async for rel, info in _listed(client, prefix, lambda message: _report("bench", message)):
             if info.size > 0:
                 objects.append((_source(prefix, rel), info.size))
                 if len(objects) >= args.max_objects:
@@ -568,6 +633,7 @@ async def cmd_bench(client: AsyncClient, args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[AsyncClient, argparse.Namespace], Any]] = {
     "ls": cmd_ls, "cat": cmd_cat, "cp": cmd_cp, "stat": cmd_stat, "bench": cmd_bench,
 }
+_WRITES_STDOUT = frozenset({"ls", "cat", "stat", "bench"})
 
 _EPILOG = """\
 URLs: s3://bucket/key, ais://bucket/object (ais://bucket/key?provider=aws for a bucket
@@ -575,7 +641,8 @@ AIS fronts), file:///abs/path or a plain path. A prefix ends in '/' or is a bare
 
 Settings come from the environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE, AWS_*
 credentials, AIS_ENDPOINT, AIS_AUTHN_TOKEN, AISIO_PART_SIZE, AISIO_MAX_CONCURRENCY, ...);
-the flags above override them. Exit status: 0 ok, 1 error, 2 usage, 130 interrupted."""
+the flags above override them. Exit status: 0 ok, 1 error, 2 usage, 130 interrupted,
+141 stdout closed by its reader (aisio cat URL | head)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -716,7 +783,8 @@ def _message(exc: BaseException) -> str:
 
 
 def _report(command: str, message: str) -> None:
-    print(f"aisio: {command}: {message}", file=sys.stderr)
+    if sys.stderr is not None:
+        print(f"aisio: {command}: {printable(message)}", file=sys.stderr)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -739,9 +807,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if sys.stdout is None and args.command in _WRITES_STDOUT:  # started with stdout closed (>&-)
+        _report(args.command, "stdout is closed")
+        return EXIT_ERROR
     try:
         config = config_from_args(args)
-        return asyncio.run(_run(args, config))
+        code = asyncio.run(_run(args, config))
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, so a reader gone away is 141, not an error at exit
+        return code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -418,3 +418,169 @@ def test_subprocess_ctrl_c_exits_130(big_file: Path) -> None:
         proc.wait()
     assert proc.returncode == 130
     assert time.monotonic() - t0 < 20 and "Traceback" not in err
+
+
+# ------------------------------------------------------- hostile names, sizes and pipes
+
+
+def raw_files(root: Path, files: dict[bytes, bytes]) -> None:
+    """Create files whose names are raw bytes (not necessarily UTF-8) under ``root``."""
+    for name, data in files.items():
+        path = os.fsencode(str(root)) + b"/" + name
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+def test_printable_escapes_what_could_rewrite_a_terminal() -> None:
+    assert cli.printable("plain/key with spaces, é and \\") == "plain/key with spaces, é and \\"
+    assert cli.printable("a\x1b[2Jb") == "a\\x1b[2Jb"
+    assert cli.printable("new\nline\ttab\r\x00\x7f\x9b") == "new\\nline\\ttab\\r\\x00\\x7f\\x9b"
+    assert cli.printable("rtl\u202eexe.txt\u2028") == "rtl\\u202eexe.txt\\u2028"
+    assert cli.printable(os.fsdecode(b"caf\xe9")) == "caf\\xe9"  # a byte that is not UTF-8
+    assert cli.printable("\ud800") == "\\ud800"
+
+
+NASTY = {"esc\x1b[2J.txt": b"1", "tab\tbell\x07.txt": b"2", "rtl\u202egnp.exe": b"3", "ok.txt": b"4"}
+
+
+def test_ls_escapes_control_characters_in_keys(
+    store: Store, env: dict[str, str], capsys: Any
+) -> None:
+    nasty = dict(NASTY, **{"new\nline.txt": b"5"}) if store.name == "file" else NASTY
+    put(store, nasty)
+    code, out, err = run(["ls", "-r", store.prefix], capsys)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert all(line.isprintable() for line in lines)
+    assert lines == [cli.printable(store.url(k)) for k in sorted(nasty)]
+    code, out, _ = run(["stat", store.url("esc\x1b[2J.txt")], capsys)
+    assert code == 0 and "\x1b" not in out
+    assert ("esc%1B%5B2J.txt" if store.name == "file" else "esc\\x1b[2J.txt") in out
+
+
+def test_ls_prints_file_names_that_are_not_utf8(tmp_path: Path, capsys: Any) -> None:
+    raw_files(tmp_path, {b"caf\xe9.txt": b"x", b"ok.txt": b"y", b"sub/\xff\xfe": b"z"})
+    code, out, err = run(["ls", "-r", str(tmp_path)], capsys)
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [f"{tmp_path}/caf\\xe9.txt", f"{tmp_path}/ok.txt",
+                                f"{tmp_path}/sub/\\xff\\xfe"]
+
+
+def test_ls_and_cp_carry_on_past_a_key_that_cannot_be_named(
+    s3_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: Any,
+) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    prefix = f"nul-{os.getpid()}/"
+    s3 = s3_server.boto3_client()
+    for key in ["a.txt", "bad\x00key.txt", "z.txt"]:  # S3 stores a NUL; no URL can name it
+        s3.put_object(Bucket="aisio-test", Key=prefix + key, Body=key.encode())
+    code, out, err = run(["ls", "-r", f"s3://aisio-test/{prefix}"], capsys)
+    assert code == 1
+    assert out.splitlines() == [f"s3://aisio-test/{prefix}a.txt", f"s3://aisio-test/{prefix}z.txt"]
+    assert "bad\\x00key.txt" in one_error_line(err, "ls")
+
+    code, _, err = run(["cp", "-r", f"s3://aisio-test/{prefix}", str(tmp_path / "dst")], capsys)
+    assert code == 1 and "bad\\x00key.txt" in one_error_line(err, "cp")
+    assert tree(tmp_path / "dst") == {"a.txt": b"a.txt", "z.txt": b"z.txt"}
+
+
+def test_cp_r_carries_on_past_objects_it_cannot_copy(
+    store: Store, env: dict[str, str], tmp_path: Path, capsys: Any,
+) -> None:
+    dst = tmp_path / "dst"
+    (dst / "blocked").mkdir(parents=True)  # a folder where a file should go
+    (dst / "blocked" / "mine").write_bytes(b"mine")
+    (dst / "notdir").write_bytes(b"a file where a folder should go")
+    good = {"a.txt": b"a", "sub/b.bin": payload(3000), "z.txt": b""}
+    put(store, {**good, "blocked": b"no room", "notdir/x.txt": b"no room either"})
+    bad = ["blocked", "notdir/x.txt"]
+    if store.name == "file":
+        # listed as a file of 0 bytes that has content: not readable as an object
+        (Path(store.prefix) / "status").symlink_to("/proc/self/status")
+        bad.append("status")
+    if store.name == "s3":
+        put(store, {"long/" + "n" * 300: b"a name too long for a local file system"})
+        bad.append("long/" + "n" * 300)
+    code, out, err = run(["cp", "-r", store.prefix, str(dst)], capsys)
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == len(bad) and all(line.startswith("aisio: cp: ") for line in lines), err
+    for name in bad:  # each failure on its own line, naming its object
+        assert sum(f"/{name}" in line for line in lines) == 1, (name, err)
+    assert "Traceback" not in err
+    # the rest copied, nothing else touched, no temporary files
+    assert tree(dst) == {**good, "blocked/mine": b"mine", "notdir": b"a file where a folder should go"}
+
+
+def test_cp_r_of_names_a_store_cannot_hold(
+    store: Store, env: dict[str, str], tmp_path: Path, capsys: Any,
+) -> None:
+    src = tmp_path / "src"
+    raw_files(src, {b"caf\xe9.txt": b"latin-1 name", b"ok.txt": b"ok"})
+    code, _, err = run(["cp", "-r", str(src), store.url("up/")], capsys)
+    listed = run(["ls", "-r", store.url("up/")], capsys)[1].splitlines()
+    if store.name == "file":  # a file name is bytes: copied as it is
+        assert (code, err) == (0, "")
+        assert listed == [cli.printable(store.url("up/" + os.fsdecode(b"caf\xe9.txt"))),
+                          store.url("up/ok.txt")]
+    else:  # an object key is Unicode
+        assert code == 1 and "caf\\xe9.txt" in one_error_line(err, "cp")
+        assert listed == [store.url("up/ok.txt")]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+@pytest.mark.parametrize("argv", [
+    ["cat", "/proc/self/status"], ["stat", "/proc/self/status"],
+    ["cp", "/proc/self/status", "{dst}"], ["cp", "-r", "{src}", "{dst}/"],
+])
+def test_a_size_that_is_not_known_is_an_error_not_an_empty_object(
+    argv: list[str], tmp_path: Path, capsys: Any,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "status").symlink_to("/proc/self/status")
+    argv = [a.format(src=src, dst=tmp_path / "dst") for a in argv]
+    code, out, err = run(argv, capsys)
+    assert code == 1 and out == ""
+    line = one_error_line(err, argv[0])
+    assert "size unknown" in line and ("/proc/self/status" in line or "status" in line)
+    assert not (tmp_path / "dst").exists() or tree(tmp_path / "dst") == {}
+
+
+def read_one_byte_then_close(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``aisio argv`` as ``| head -c1`` would read it: (exit status, stderr)."""
+    with subprocess.Popen([sys.executable, "-m", "aisio", *argv], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert len(proc.stdout.read(1)) == 1
+            proc.stdout.close()
+            err = proc.stderr.read().decode()
+            return proc.wait(timeout=60), err
+        finally:
+            proc.kill()
+
+
+def test_cat_to_a_reader_that_leaves_early_is_quiet(store: Store, env: dict[str, str]) -> None:
+    put(store, {"big.bin": payload(2 * MiB)})  # far more than a pipe holds
+    assert read_one_byte_then_close(["cat", store.url("big.bin")], env) == (141, "")
+
+
+def test_ls_to_a_reader_that_leaves_early_is_quiet(tmp_path: Path) -> None:
+    for i in range(3000):  # about 300 KB of names
+        (tmp_path / f"{i:05}-{'x' * 60}").write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}
+    assert read_one_byte_then_close(["ls", "-r", str(tmp_path)], env) == (141, "")
+
+
+def test_a_closed_stdout_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"hello")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}
+    for argv in (["cat", "a.txt"], ["ls", "."]):
+        done = subprocess.run(
+            ["bash", "-c", 'exec "$@" >&-', "-", sys.executable, "-m", "aisio", *argv],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done
+        assert done.stderr == f"aisio: {argv[0]}: stdout is closed\n"
