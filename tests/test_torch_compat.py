@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import importlib.metadata
+import io
 import pickle
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -398,3 +402,249 @@ def test_ais_classes_match_the_seed(request: pytest.FixtureRequest,
     assert list(iter(AISShardReader(bucket, shards))) == list(iter(
         seed.AISShardReader(bucket, shards)))
     assert len(data) == 8
+
+
+# --- the connector's DCP, reader and config names ----------------------------------------------------
+
+
+def test_connector_names_are_all_here() -> None:
+    seed = pytest.importorskip("s3torchconnector")
+    seed_dcp = pytest.importorskip("s3torchconnector.dcp")
+    seed_readers = pytest.importorskip("s3torchconnector.s3reader")
+
+    wanted = {*seed.__all__, *seed_dcp.__all__, *seed_readers.__all__,
+              "DCPOptimizedConstructor", "S3ReaderConstructorProtocol",
+              "DCPS3ReaderConstructorProtocol", "ItemRange"}
+    left_out = {"S3Writer", "S3Exception"}  # the connector's own client types: aisio has its own
+    assert {n for n in wanted - left_out if not hasattr(compat, n)} == set()
+    assert compat.__version__ == importlib.metadata.version("aisio")
+    assert compat.__connector_version__.count(".") == 2
+    assert isinstance(seed.__version__, str) and isinstance(compat.__version__, str)
+
+
+def test_requester_pays_as_the_connector() -> None:
+    assert not S3ClientConfig().requester_pays
+    cfg = compat._s3_config(REGION, None, S3ClientConfig(requester_pays=True), aisio.ClientConfig())
+    assert cfg.s3.requester_pays and pickle.loads(pickle.dumps(cfg)) == cfg
+    with pytest.raises(ValueError, match="unsigned"):
+        S3ClientConfig(requester_pays=True, unsigned=True)
+    seed = pytest.importorskip("s3torchconnector")
+    if "requester_pays" in {f.name for f in dataclasses.fields(seed.S3ClientConfig)}:
+        with pytest.raises(ValueError, match="unsigned"):  # connectors from 1.5.1 on
+            seed.S3ClientConfig(requester_pays=True, unsigned=True)
+        assert compat._s3_config(REGION, None, seed.S3ClientConfig(requester_pays=True),
+                                 None).s3.requester_pays
+
+
+def test_prefix_strategies_match_the_seed() -> None:
+    seed = pytest.importorskip("s3torchconnector.dcp")
+    from s3torchconnector.dcp.s3_prefix_strategy import RoundRobinPrefixStrategy as SeedRR
+
+    for name in ("BinaryPrefixStrategy", "HexPrefixStrategy"):
+        for count in (1, 3, 16, 17, 300):
+            for length in (1, 4, 10):
+                for epoch in (None, 2):
+                    kw = {"prefix_count": count, "min_prefix_length": length, "epoch_num": epoch}
+                    ours, theirs = getattr(compat, name)(**kw), getattr(seed, name)(**kw)
+                    assert ours.prefix_map == theirs.prefix_map, (name, kw)
+                    assert ours.min_prefix_len == theirs.min_prefix_len
+                    assert [ours(r) for r in range(40)] == [theirs(r) for r in range(40)]
+    assert isinstance(compat.HexPrefixStrategy(), compat.NumericPrefixStrategy)
+    assert compat.DefaultPrefixStrategy()(7) == seed.DefaultPrefixStrategy()(7)
+    assert ([compat.RoundRobinPrefixStrategy(["a", "b"], 3)(r) for r in range(4)]
+            == [SeedRR(["a", "b"], 3)(r) for r in range(4)])
+    for bad in ({"min_prefix_length": 0}, {"prefix_count": 0}, {"epoch_num": "1"}):
+        with pytest.raises(ValueError):
+            seed.HexPrefixStrategy(**bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            compat.HexPrefixStrategy(**bad)
+
+
+def test_reader_constructors_match_the_seed() -> None:
+    seed = pytest.importorskip("s3torchconnector")
+    from s3torchconnector.s3reader import DCPS3ReaderConstructorProtocol as SeedDCPProtocol
+    from s3torchconnector.s3reader import S3ReaderConstructorProtocol as SeedProtocol
+
+    ours_rc, theirs_rc = S3ReaderConstructor, seed.S3ReaderConstructor
+    for make in ("sequential", "range_based", "dcp_optimized", "default"):
+        ours, theirs = getattr(ours_rc, make)(), getattr(theirs_rc, make)()
+        assert (ours_rc.get_reader_type_string(ours)
+                == theirs_rc.get_reader_type_string(theirs)), make
+        assert isinstance(ours, compat.S3ReaderConstructorProtocol)
+        assert isinstance(theirs, SeedProtocol)
+        assert (isinstance(ours, compat.DCPS3ReaderConstructorProtocol)
+                == isinstance(theirs, SeedDCPProtocol) == (make == "dcp_optimized"))
+        assert pickle.loads(pickle.dumps(ours)) == ours
+    assert ours_rc.get_reader_type_string(None) == theirs_rc.get_reader_type_string(None)
+    assert ours_rc.get_reader_type_string(object()) == theirs_rc.get_reader_type_string(
+        object()) == "unknown"
+    assert isinstance(ours_rc.dcp_optimized(), compat.DCPOptimizedConstructor)
+    assert ours_rc.dcp_optimized(7).max_gap_size == theirs_rc.dcp_optimized(7)._max_gap_size
+    for rc in (ours_rc, theirs_rc):
+        with pytest.raises(ValueError):
+            rc.dcp_optimized(-1)
+    # aisio's own ReaderConstructor values still compare equal
+    assert ours_rc.range_based(4096) == aisio.ReaderConstructor.range_based(4096)
+    assert ours_rc.dcp_optimized() == aisio.ReaderConstructor.dcp_optimized()
+
+
+def reader_behaviour(reader: Any) -> list[Any]:
+    """A fixed walk over a reader: what a transform might do, recorded step by step."""
+    buf = bytearray(5)
+    steps: list[Any] = [type(reader).__name__, reader.bucket, reader.key, reader.readable(),
+                        reader.seekable(), reader.writable(), reader.read(3), reader.tell()]
+    steps += [reader.readinto(buf), bytes(buf), reader.seek(-2, io.SEEK_END), reader.read(),
+              reader.seek(10**6), reader.read(4), reader.seek(1), reader.read(None),
+              reader.seek(2, io.SEEK_SET), reader.seek(3, io.SEEK_CUR), reader.read(2)]
+    return steps
+
+
+def test_reader_classes_match_the_seed(request: pytest.FixtureRequest,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    seed = pytest.importorskip("s3torchconnector")
+    store = make_store("s3", request)
+    data = fill(store, 3)
+    for name, value in store.server.env().items():
+        monkeypatch.setenv(name, value)
+    endpoint = store.server.endpoint_url
+    for make in ("sequential", "range_based"):
+        got = []
+        for mod, cls in ((seed, seed.S3MapDataset), (compat, S3MapDataset)):
+            rc = getattr(mod.S3ReaderConstructor, make)()
+            ds = cls.from_prefix(store.url("d/"), region=REGION, endpoint=endpoint,
+                                 reader_constructor=rc,
+                                 s3client_config=mod.S3ClientConfig(force_path_style=True))
+            item = ds[2]
+            assert isinstance(item, mod.S3Reader)
+            got.append(reader_behaviour(item))
+        assert got[0] == got[1], make
+        assert got[1][0] == {"sequential": "SequentialS3Reader",
+                             "range_based": "RangedS3Reader"}[make]
+    key = sorted(data)[1]
+    bucket = aisio._url.parse_url(store.url("")).bucket
+    reader = S3ReaderConstructor.range_based(16)(bucket, key)  # a constructor is callable
+    assert isinstance(reader, compat.RangedS3Reader) and reader.read() == data[key]
+    assert compat.SequentialS3Reader(bucket, key).read() == data[key]
+    with pytest.raises(TypeError, match="config"):
+        compat.SequentialS3Reader(bucket, key, lambda: None, lambda: iter(()))
+    items = list(tud.DataLoader(S3MapDataset.from_prefix(store.url("d/"), region=REGION,
+                                                         config=store.config),
+                                batch_size=None, num_workers=1, multiprocessing_context="fork"))
+    assert [type(i).__name__ for i in items] == ["SequentialS3Reader"] * 3  # pickled back
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled, unavailable or uninitialized")
+def test_dcp_reader_plans_and_ranges_match_the_seed(request: pytest.FixtureRequest,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connector's S3StorageReader and ours: same item order, same ranges, each other's files."""
+    seed = pytest.importorskip("s3torchconnector")
+    import s3torchconnector.dcp as seed_dcp
+    from s3torchconnector._s3client import S3Client
+    from torch.distributed.checkpoint import load, save
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    from aisio.torch.dcp import S3StorageReader, S3StorageWriter
+    from tests.test_dcp import assert_same, blank, state
+
+    store = make_store("s3", request)
+    for name, value in store.server.env().items():
+        monkeypatch.setenv(name, value)
+    s3 = store.server
+    seed_cfg = seed.S3ClientConfig(force_path_style=True)
+    seed_client = S3Client(s3.region, endpoint=s3.endpoint_url, s3client_config=seed_cfg)
+    url = store.url("ours")
+    save(state(), storage_writer=S3StorageWriter(s3.region, url, thread_count=3,
+                                                 config=store.config))
+
+    def plan_of(reader: Any) -> Any:
+        metadata = reader.read_metadata()
+        reader.set_up_storage_reader(metadata, True)
+        planner = DefaultLoadPlanner()
+        planner.set_up_planner(blank(), metadata, True)
+        return reader.prepare_local_plan(planner.create_local_plan())
+
+    ours = S3StorageReader(s3.region, url, reader_constructor=S3ReaderConstructor.dcp_optimized(),
+                           config=store.config)
+    theirs = seed_dcp.S3StorageReader(s3.region, url, s3client_config=seed_cfg,
+                                      reader_constructor=seed.S3ReaderConstructor.dcp_optimized())
+    theirs.fs = seed_dcp.S3FileSystem(s3.region, s3_client=seed_client,
+                                      reader_constructor=theirs._reader_constructor)
+    ours_plan, theirs_plan = plan_of(ours), plan_of(theirs)
+    assert [i.storage_index for i in ours_plan.items] == [i.storage_index for i in theirs_plan.items]
+
+    def ranges(rc: Any) -> dict[str, list[tuple[int, int]]]:
+        return {k: [(r.start, r.end) for r in v] for k, v in rc._item_ranges_by_file.items()}
+
+    assert ranges(ours.reader_constructor) == ranges(theirs._reader_constructor) != {}
+    rc, key = ours.reader_constructor, aisio._url.parse_url(url).key
+    bucket = aisio._url.parse_url(url).bucket
+    assert type(rc(bucket, key + "/.metadata")).__name__ == "SequentialS3Reader"
+    assert isinstance(rc(bucket, key + "/__0_1.distcp"), compat.DCPOptimizedS3Reader)
+    with pytest.raises(ValueError, match="no byte ranges"):
+        rc(bucket, key + "/other")
+    # each loads the other's checkpoint
+    out = blank()
+    load(out, storage_reader=theirs)
+    assert_same(state(), out)
+    writer = seed_dcp.S3StorageWriter(s3.region, store.url("theirs"), s3client_config=seed_cfg,
+                                      thread_count=2)
+    writer.fs = seed_dcp.S3FileSystem(s3.region, s3_client=seed_client)
+    save(state(), storage_writer=writer)
+    for reader in (S3ReaderConstructor.dcp_optimized(), S3ReaderConstructor.sequential()):
+        out = blank()
+        load(out, storage_reader=S3StorageReader(s3.region, store.url("theirs"),
+                                                 reader_constructor=reader, config=store.config))
+        assert_same(state(), out)
+
+
+def test_s3_file_system_matches_the_seed(request: pytest.FixtureRequest,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    seed = pytest.importorskip("s3torchconnector")
+    import s3torchconnector.dcp as seed_dcp
+    from s3torchconnector._s3client import S3Client
+
+    from aisio.torch.dcp import S3StorageReader, S3StorageWriter, StorageWriter
+
+    store = make_store("s3", request)
+    s3 = store.server
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    theirs = seed_dcp.S3FileSystem(s3.region, s3_client=S3Client(
+        s3.region, endpoint=s3.endpoint_url,
+        s3client_config=seed.S3ClientConfig(force_path_style=True)))
+    ours = compat.S3FileSystem(s3.region, s3client_config=S3ClientConfig(force_path_style=True))
+
+    def walk(fs: Any, folder: str) -> list[Any]:
+        a, b = fs.concat_path(folder, "a"), fs.concat_path(folder, "sub/b")
+        with fs.create_stream(a, "wb") as stream:
+            stream.write(b"payload " * 1000)
+        steps = [a, b, fs.exists(a), fs.exists(b)]
+        fs.rename(a, b)
+        steps += [fs.exists(a), fs.exists(b)]
+        with fs.create_stream(b, "rb") as stream:
+            steps.append(stream.read())
+        fs.rm_file(b)
+        steps += [fs.exists(b), fs.init_path(folder) == folder, fs.mkdir(folder)]
+        with pytest.raises(ValueError), fs.create_stream(b, "ab"):
+            pass
+        return steps
+
+    folder = store.url("fs")
+    assert walk(ours, folder) == walk(theirs, folder)
+    for checkpoint_id in (folder, "s3://bucket/key", Path("relative")):
+        assert (ours.validate_checkpoint_id(checkpoint_id)
+                == theirs.validate_checkpoint_id(checkpoint_id))
+    # the writer's and reader's .fs, as on the connector's classes
+    writer = S3StorageWriter(s3.region, folder, config=store.config)
+    reader = S3StorageReader(s3.region, folder, config=store.config)
+    for fs in (writer.fs, reader.fs):
+        assert isinstance(fs, compat.S3FileSystem)
+        with fs.create_stream(fs.concat_path(folder, "x"), "wb") as stream:
+            stream.write(b"x")
+        assert fs.exists(fs.concat_path(folder, "x")) and theirs.exists(f"{folder}/x")
+        fs.rm_file(fs.concat_path(folder, "x"))
+        assert not theirs.exists(f"{folder}/x")
+    assert writer.validate_checkpoint_id(folder) and writer.fs.validate_checkpoint_id(folder)
+    local = make_store("file", request)
+    fs = StorageWriter(local.url("ckpt"), local.config).fs
+    assert walk(fs, local.url("ckpt"))[2:] == walk(theirs, store.url("fs2"))[2:]

@@ -14,21 +14,24 @@ class also takes ``config=`` (an ``aisio.ClientConfig``); the seed's own setting
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import importlib
+import importlib.metadata
+import io
 import os
 import re
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import anyio.to_thread
 import torch.utils.data
 
-from .._bridge import run
+from .._bridge import Reader, run
 from .._client import AsyncClient
 from .._config import ClientConfig
-from .._readers import MiB, ReaderConstructor
+from .._readers import AsyncReader, MiB, ReaderConstructor
 from .._types import ObjectInfo
 from .._url import parse_url
 from ._datasets import (
@@ -58,22 +61,56 @@ __all__ = [
     "AISMultiShardStream",
     "AISShardReader",
     "AISSourceLister",
+    "BinaryPrefixStrategy",  # noqa: F822 (loaded on first use by __getattr__)
+    "DCPOptimizedConstructor",
+    "DCPOptimizedS3Reader",
+    "DCPS3ReaderConstructorProtocol",
     "DataShard",
+    "DefaultPrefixStrategy",  # noqa: F822 (loaded on first use by __getattr__)
     "DynamicBatchSampler",
+    "HexPrefixStrategy",  # noqa: F822 (loaded on first use by __getattr__)
+    "ItemRange",
+    "NumericPrefixStrategy",  # noqa: F822 (loaded on first use by __getattr__)
+    "RangedS3Reader",
+    "RoundRobinPrefixStrategy",  # noqa: F822 (loaded on first use by __getattr__)
     "S3Checkpoint",  # noqa: F822 (loaded on first use by __getattr__)
     "S3ClientConfig",
+    "S3FileSystem",  # noqa: F822 (loaded on first use by __getattr__)
     "S3IterableDataset",
     "S3MapDataset",
+    "S3PrefixStrategyBase",  # noqa: F822 (loaded on first use by __getattr__)
+    "S3Reader",
     "S3ReaderConstructor",
+    "S3ReaderConstructorProtocol",
     "S3StorageReader",  # noqa: F822 (loaded on first use by __getattr__)
     "S3StorageWriter",  # noqa: F822 (loaded on first use by __getattr__)
+    "SequentialS3Reader",
+    "__connector_version__",
+    "__version__",
 ]
 
 _LAZY = {
     "S3Checkpoint": "aisio.torch._checkpoint",
-    "S3StorageReader": "aisio.torch.dcp",
-    "S3StorageWriter": "aisio.torch.dcp",
+    **{name: "aisio.torch.dcp" for name in (
+        "BinaryPrefixStrategy", "DefaultPrefixStrategy", "HexPrefixStrategy",
+        "NumericPrefixStrategy", "RoundRobinPrefixStrategy", "S3FileSystem",
+        "S3PrefixStrategyBase", "S3StorageReader", "S3StorageWriter")},
 }
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("aisio")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+        from .. import __version__
+
+        return __version__
+
+
+#: aisio's version, read as the connector reads its own ``__version__``
+__version__ = _version()
+#: the s3torchconnector release whose names and behaviour these classes follow
+__connector_version__ = "1.5.0"
 
 
 def __getattr__(name: str) -> Any:
@@ -88,7 +125,11 @@ def __getattr__(name: str) -> Any:
 
 @dataclass(frozen=True)
 class S3ClientConfig:
-    """The S3 connector's client settings (``throughput_target_gbps`` is accepted, unused)."""
+    """The S3 connector's client settings (``throughput_target_gbps`` is accepted, unused).
+
+    ``requester_pays`` sends ``x-amz-request-payer: requester``; as in the connector it
+    needs signed requests, so it cannot be combined with ``unsigned``.
+    """
 
     throughput_target_gbps: float = 10.0
     part_size: int = 8 * MiB
@@ -96,14 +137,318 @@ class S3ClientConfig:
     force_path_style: bool = False
     max_attempts: int = 10
     profile: str | None = None
+    requester_pays: bool = False
+
+    def __post_init__(self) -> None:
+        if self.requester_pays and self.unsigned:
+            raise ValueError("requester_pays=True needs signed requests: it cannot be combined "
+                             "with unsigned=True (the bucket owner bills the requester by identity)")
+
+
+# --- readers and their constructors ----------------------------------------------------------------
+
+
+class S3Reader(abc.ABC, io.BufferedIOBase):
+    """The connector's abstract read-only file object over one object: ``bucket``, ``key``, reads, seeks.
+
+    Items of ``S3MapDataset`` and ``S3IterableDataset`` are instances of the subclass that
+    matches their reader constructor (``SequentialS3Reader`` for the default one).
+    """
+
+    @property
+    @abc.abstractmethod
+    def bucket(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def key(self) -> str: ...
+
+    @abc.abstractmethod
+    def read(self, size: int | None = None, /) -> bytes: ...
+
+    @abc.abstractmethod
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int: ...
+
+    @abc.abstractmethod
+    def tell(self) -> int: ...
+
+    @abc.abstractmethod
+    def readinto(self, buf: Any, /) -> int: ...
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+
+class _AisioS3Reader(S3Reader):
+    """An ``S3Reader`` that reads through aisio; opened on first use when built by hand.
+
+    ``get_object_info`` and ``get_stream`` (the connector's client callbacks) are not
+    taken: aisio fetches through its own client, set by ``config=``.
+    """
+
+    _constructor: ReaderConstructor = ReaderConstructor.sequential()
+
+    def __init__(self, bucket: str, key: str, get_object_info: Any = None, get_stream: Any = None,
+                 *, config: ClientConfig | None = None) -> None:
+        super().__init__()
+        if get_object_info is not None or get_stream is not None:
+            raise TypeError(f"{type(self).__name__} reads through aisio's client: pass config= "
+                            "instead of the connector's get_object_info and get_stream")
+        if not bucket:
+            raise ValueError("bucket must be given")
+        self._url = f"s3://{bucket}/{key}"
+        self._bucket, self._key = bucket, key
+        self._config = config
+        self._inner: ObjectReader | None = None
+
+    @classmethod
+    def _over(cls, inner: ObjectReader) -> _AisioS3Reader:
+        """The reader of this class over an open aisio reader (what the datasets hand out)."""
+        reader = cls.__new__(cls)
+        io.BufferedIOBase.__init__(reader)
+        reader._url, reader._bucket, reader._key = inner.url, inner.bucket, inner.key
+        reader._config, reader._inner = None, inner
+        return reader
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rewrapped, (type(self), self._opened()))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._url}>"
+
+    def _opened(self) -> ObjectReader:
+        if self._inner is None:
+            client = client_for(self._config if self._config is not None
+                                else ClientConfig.from_env())
+            self._inner = ObjectReader(self._url, client.open(self._url, self._constructor))
+        return self._inner
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def url(self) -> str:
+        """The object's aisio URL."""
+        return self._url
+
+    @property
+    def size(self) -> int:
+        return self._opened().size
+
+    def read(self, size: int | None = None, /) -> bytes:
+        return self._opened().read(-1 if size is None else size)
+
+    def read1(self, size: int = -1, /) -> bytes:
+        return self._opened().read1(size)
+
+    def readinto(self, buf: Any, /) -> int:
+        return self._opened().readinto(buf)
+
+    def readinto1(self, buf: Any, /) -> int:
+        return self._opened().readinto1(buf)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        return self._opened().seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._opened().tell()
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+        super().close()
+
+
+def _rewrapped(cls: type[_AisioS3Reader], inner: ObjectReader) -> _AisioS3Reader:
+    return cls._over(inner)
+
+
+class SequentialS3Reader(_AisioS3Reader):
+    """The connector's sequential reader: one streaming GET, what it read is kept."""
+
+
+class RangedS3Reader(_AisioS3Reader):
+    """The connector's range-based reader: a range GET per read, through a ``buffer_size`` buffer."""
+
+    def __init__(self, bucket: str, key: str, get_object_info: Any = None, get_stream: Any = None,
+                 buffer_size: int | None = None, *, config: ClientConfig | None = None) -> None:
+        super().__init__(bucket, key, get_object_info, get_stream, config=config)
+        self._constructor = S3ReaderConstructor.range_based(buffer_size)
+
+
+@dataclass(frozen=True)
+class ItemRange:
+    """One DCP item's bytes in its file: ``[start, end)``."""
+
+    start: int
+    end: int
+
+
+class DCPOptimizedS3Reader(_AisioS3Reader):
+    """The connector's DCP reader: given the items' byte ranges, coalesced GETs for them."""
+
+    def __init__(self, bucket: str, key: str, item_ranges: Sequence[ItemRange] = (),
+                 get_object_info: Any = None, get_stream: Any = None,
+                 max_gap_size: float = 32 * MiB, *, config: ClientConfig | None = None) -> None:
+        super().__init__(bucket, key, get_object_info, get_stream, config=config)
+        self._constructor = ReaderConstructor.dcp_optimized(max_gap_size)
+        self.item_ranges = list(item_ranges)
+
+    def _opened(self) -> ObjectReader:
+        if self._inner is None:
+            client = client_for(self._config if self._config is not None
+                                else ClientConfig.from_env())
+            ranges = [(r.start, r.end) for r in self.item_ranges]
+            self._inner = ObjectReader(self._url, client.open(self._url, self._constructor,
+                                                              ranges=ranges or None))
+        return self._inner
+
+
+_READER_CLASSES: dict[str, type[_AisioS3Reader]] = {
+    "sequential": SequentialS3Reader, "range_based": RangedS3Reader,
+    "dcp_optimized": DCPOptimizedS3Reader,
+}
+
+
+@runtime_checkable
+class S3ReaderConstructorProtocol(Protocol):
+    """What the connector's reader constructors are: ``constructor(bucket, key, ...) -> S3Reader``."""
+
+    def __call__(self, bucket: str, key: str, get_object_info: Any = None,
+                 get_stream: Any = None) -> S3Reader: ...
+
+
+@runtime_checkable
+class DCPS3ReaderConstructorProtocol(Protocol):
+    """A reader constructor that takes a DCP load plan's byte ranges (``dcp_optimized()``)."""
+
+    _item_ranges_by_file: dict[str, list[ItemRange]]
+
+    def __call__(self, bucket: str, key: str, get_object_info: Any = None,
+                 get_stream: Any = None) -> S3Reader: ...
+
+    def set_item_ranges_by_file(self, plan_items: Any, storage_data: Any,
+                                base_path: str | os.PathLike[str]) -> None: ...
+
+
+class _Constructor(ReaderConstructor):
+    """An ``aisio.ReaderConstructor`` that, as the connector's constructors, is callable.
+
+    It compares equal to the plain ``aisio.ReaderConstructor`` of the same settings.
+    """
+
+    def __call__(self, bucket: str, key: str, get_object_info: Any = None,
+                 get_stream: Any = None) -> S3Reader:
+        cls = _READER_CLASSES[self.kind]
+        reader = cls(bucket, key, get_object_info, get_stream)
+        reader._constructor = self
+        return reader
+
+    def _values(self) -> tuple[Any, ...]:
+        return (self.kind, self.buffer_size, self.max_gap_size)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Constructor):
+            return self._values() == other._values()
+        if isinstance(other, ReaderConstructor):
+            return self._values() == (other.kind, other.buffer_size, other.max_gap_size)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+
+class DCPOptimizedConstructor(_Constructor):
+    """The connector's ``dcp_optimized()`` constructor: takes the plan's ranges per file.
+
+    ``S3StorageReader.prepare_local_plan`` (and aisio's ``StorageReader``) call
+    ``set_item_ranges_by_file``; the ranges are what a call for a ``.distcp`` key reads.
+    """
+
+    def __init__(self, max_gap_size: float = 32 * MiB) -> None:
+        if max_gap_size < 0:
+            raise ValueError(f"max_gap_size must be >= 0, got {max_gap_size}")
+        super().__init__("dcp_optimized", max_gap_size=max_gap_size)
+        object.__setattr__(self, "_item_ranges_by_file", {})
+
+    _item_ranges_by_file: dict[str, list[ItemRange]]
+
+    def set_item_ranges_by_file(self, plan_items: Any, storage_data: Any,
+                                base_path: str | os.PathLike[str]) -> None:
+        """Record each planned item's byte range under its file's URL (replacing earlier ones)."""
+        ranges: dict[str, list[ItemRange]] = collections.defaultdict(list)
+        if plan_items and not storage_data:
+            raise ValueError("storage_data is empty: it is needed to find each item's file range")
+        base = os.fspath(base_path)
+        for item in plan_items or ():
+            info = storage_data[item.storage_index]
+            url = _child_url(base, info.relative_path)
+            ranges[url].append(ItemRange(info.offset, info.offset + info.length))
+        object.__setattr__(self, "_item_ranges_by_file", ranges)
+
+    def __call__(self, bucket: str, key: str, get_object_info: Any = None,
+                 get_stream: Any = None) -> S3Reader:
+        """A sequential reader for ``.metadata``, a DCP reader over the ranges recorded for a file."""
+        if key.endswith(".metadata"):
+            return SequentialS3Reader(bucket, key, get_object_info, get_stream)
+        url = f"s3://{bucket}/{key}"
+        if url not in self._item_ranges_by_file:
+            raise ValueError(f"no byte ranges were recorded for {url}: a DCP-optimized reader "
+                             "reads the ranges of a load plan (set_item_ranges_by_file); for "
+                             "other reads use S3ReaderConstructor.sequential()")
+        return DCPOptimizedS3Reader(bucket, key, self._item_ranges_by_file[url], get_object_info,
+                                    get_stream, self.max_gap_size)
+
+
+def _child_url(base: str, name: str) -> str:
+    """``name`` inside the folder URL ``base``, as the connector joins them."""
+    return f"{base.rstrip('/')}/{name}"
 
 
 class S3ReaderConstructor(ReaderConstructor):
-    """``aisio.ReaderConstructor`` with the seed's ``range_based(buffer_size=None)`` (8 MiB)."""
+    """The connector's factory of reader constructors; each is an ``aisio.ReaderConstructor`` too."""
+
+    @staticmethod
+    def sequential() -> ReaderConstructor:
+        return _Constructor("sequential")
 
     @staticmethod
     def range_based(buffer_size: int | None = None) -> ReaderConstructor:
-        return ReaderConstructor.range_based(8 * MiB if buffer_size is None else buffer_size)
+        """The seed's ``range_based``: ``None`` means an 8 MiB buffer."""
+        plain = ReaderConstructor.range_based(8 * MiB if buffer_size is None else buffer_size)
+        return _Constructor("range_based", buffer_size=plain.buffer_size)
+
+    @staticmethod
+    def dcp_optimized(max_gap_size: float = 32 * MiB) -> ReaderConstructor:
+        return DCPOptimizedConstructor(ReaderConstructor.dcp_optimized(max_gap_size).max_gap_size)
+
+    @staticmethod
+    def default() -> ReaderConstructor:
+        return S3ReaderConstructor.sequential()
+
+    @staticmethod
+    def get_reader_type_string(constructor: Any) -> str:
+        """``"sequential"``, ``"range_based"``, ``"dcp_optimized"``, or ``"unknown"``."""
+        if constructor is None:
+            return "sequential"
+        if isinstance(constructor, ReaderConstructor):
+            return constructor.kind
+        func = getattr(constructor, "func", None)  # functools.partial(SequentialS3Reader), ...
+        for kind, cls in _READER_CLASSES.items():
+            if func is cls:
+                return kind
+        return "unknown"
 
 
 def identity(reader: Any) -> Any:
@@ -122,7 +467,8 @@ def _s3_config(region: str | None, endpoint: str | None, s3client_config: Any,
     s3 = dataclasses.replace(
         s3, unsigned=bool(s3client_config.unsigned) or s3.unsigned,
         force_path_style=bool(s3client_config.force_path_style) or s3.force_path_style,
-        profile=s3client_config.profile or s3.profile)
+        profile=s3client_config.profile or s3.profile,
+        requester_pays=bool(getattr(s3client_config, "requester_pays", False)) or s3.requester_pays)
     return base.replace(s3=s3, part_size=int(s3client_config.part_size),
                         max_attempts=int(s3client_config.max_attempts))
 
@@ -185,6 +531,15 @@ class _S3Dataset:
     _region: str | None
     _endpoint: str | None
     _get_dataset_objects: Any
+    _reader_class: type[_AisioS3Reader] = SequentialS3Reader
+    transform: Any
+
+    def _item(self, info: ObjectInfo, payload: Payload) -> Any:
+        """The item: ``transform`` of the connector's reader class for the reader constructor."""
+        inner = ObjectReader(info.url, Reader(payload) if isinstance(payload, AsyncReader)
+                             else payload)
+        reader = self._reader_class._over(inner)
+        return reader if self.transform is None else self.transform(reader)
 
     @property
     def region(self) -> str | None:
@@ -215,6 +570,7 @@ class S3MapDataset(_S3Dataset, MapDataset):
         self._region, self._endpoint = region, endpoint
         self._get_dataset_objects = get_dataset_objects
         self._entries = _s3_entries(get_dataset_objects) or []
+        self._reader_class = _READER_CLASSES[(reader_constructor or ReaderConstructor.default()).kind]
 
     @classmethod
     def from_prefix(cls, s3_uri: str, *, region: str,  # type: ignore[override]
@@ -267,6 +623,7 @@ class S3IterableDataset(_S3Dataset, IterableDataset):
         self._region, self._endpoint = region, endpoint
         self._get_dataset_objects = get_dataset_objects
         self._entries = _s3_entries(get_dataset_objects) or []
+        self._reader_class = _READER_CLASSES[(reader_constructor or ReaderConstructor.default()).kind]
         self.enable_sharding = enable_sharding
 
     @classmethod

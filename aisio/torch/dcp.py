@@ -268,17 +268,24 @@ class NumericPrefixStrategy(PrefixStrategy):
         if prefix_count is None:
             prefix_count = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.base, self.epoch_num, self.prefix_count = base, epoch_num, prefix_count
+        self.min_prefix_len = min_prefix_length  # the connector's attribute name
         digits = 1
         while base**digits < prefix_count:
             digits += 1
         self.prefix_length = max(digits, min_prefix_length)
+        #: the prefix of each of the ``prefix_count`` slots, as the connector lists them
+        self.prefix_map = [self._digits(n) for n in range(prefix_count)]
 
-    def generate_prefix(self, rank: int) -> str:
-        n, digits = rank % self.prefix_count, []
+    def _digits(self, n: int) -> str:
+        """``n`` in ``base``, ``prefix_length`` digits, least significant first."""
+        digits = []
         for _ in range(self.prefix_length):
             n, d = divmod(n, self.base)
             digits.append("0123456789abcdef"[d])
-        return f"{''.join(digits)}/{_epoch(self.epoch_num)}__{rank}_"
+        return "".join(digits)
+
+    def generate_prefix(self, rank: int) -> str:
+        return f"{self.prefix_map[rank % len(self.prefix_map)]}/{_epoch(self.epoch_num)}__{rank}_"
 
 
 class BinaryPrefixStrategy(NumericPrefixStrategy):
