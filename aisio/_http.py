@@ -17,7 +17,12 @@ can only do it on one core.
 
 Errors: transport failures are ``OSError`` (``ConnectError``, ``ServerDisconnectedError``,
 ``TimeoutError``), which the engine retries; a malformed response or an untrusted TLS
-certificate is ``aisio.errors.RequestError``. No message contains a URL's query string.
+certificate is ``aisio.errors.RequestError``. Malformed includes what could otherwise hand
+back wrong bytes or never end: a transfer coding other than ``chunked`` (bodies are never
+decoded), Transfer-Encoding beside Content-Length, a number that is not a few ASCII digits,
+over 8 interim (1xx) heads, trailers or a head over 64 KiB. The whole head must arrive
+within read_timeout of sending the request. Error bodies are read with a cap
+(``Response.read(limit=ERROR_BODY_LIMIT)``). No message contains a URL's query string.
 """
 
 from __future__ import annotations
@@ -867,8 +872,9 @@ class HTTPPool:
                     if not 100 <= status < 200:
                         break
                     interim += 1
-                    if interim > _MAX_INTERIM or status == 101:  # 101: we asked for no Upgrade
-                        msg = f"{interim} interim responses from {where}, the last {status} {reason[:40]!r}"
+                    if status == 101 or interim > _MAX_INTERIM:
+                        msg = (f"101 {reason[:40]!r} from {where}, no upgrade asked for" if status == 101
+                               else f"over {_MAX_INTERIM} interim (1xx) responses from {where}")
                         raise RequestError(msg, url=where)
                 if self._request_timeout is None:
                     conn._deadline = _NEVER
@@ -1211,8 +1217,8 @@ def _parse_head(block: bytes, where: str) -> tuple[str, int, str, Headers]:
 def _content_length(headers: Headers, where: str) -> int | None:
     """Content-Length as an int; repeated equal values are accepted, anything else refused.
 
-    A number is 1 to 19 ASCII digits: ``str.isdigit`` alone takes '\u0663' and '\u00b3', and
-    ``int()`` of thousands of digits raises a bare ValueError.
+    A number is 1 to 19 ASCII digits: ``str.isdigit`` alone takes Arabic-Indic and superscript
+    digits, and ``int()`` of thousands of digits raises a bare ValueError.
     """
     raw = headers.get("content-length")
     if raw is None:

@@ -868,7 +868,7 @@ async def test_interim_responses_are_bounded_in_number_and_in_time(server: Serve
         resp = await pool.request("GET", server.url("/interim-flood?count=8&n=10"))  # 8: accepted
         assert (resp.status, await resp.read()) == (200, pattern(10))
         started = time.monotonic()
-        with pytest.raises(RequestError, match="9 interim responses") as err:
+        with pytest.raises(RequestError, match="over 8 interim") as err:
             await asyncio.wait_for(pool.request("GET", server.url("/interim-flood")), 5)  # endless
         assert time.monotonic() - started < 2 and not is_transient(err.value)
         # six, each well within read_timeout, all of them not: the head's deadline
@@ -877,7 +877,7 @@ async def test_interim_responses_are_bounded_in_number_and_in_time(server: Serve
             await asyncio.wait_for(pool.request("GET", server.url("/interim-flood?count=6&gap=0.2&n=10")), 5)
         assert 0.45 < time.monotonic() - started < 2
         url = scripted(server, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
-        with pytest.raises(RequestError, match="101 'Switching Protocols'") as err:
+        with pytest.raises(RequestError, match=r"101 'Switching Protocols' from .*no upgrade") as err:
             await pool.request("GET", url)
         refused_and_dropped(err.value)
         await wait_for(lambda: server.open == 0)
@@ -968,7 +968,7 @@ async def test_endless_trailers_are_refused(server: Server, pool: HTTPPool) -> N
                    + trailers * 2000)  # 128 KiB of them, no end
     resp = await pool.request("GET", url)
     buf = memoryview(bytearray(100))
-    assert await resp.readinto(buf) == 5 and buf[:5] == b"hello"
+    assert await resp.readinto(buf) == 5 and bytes(buf[:5]) == b"hello"
     with pytest.raises(RequestError, match="trailers over 65536 bytes") as err:
         await resp.readinto(buf)
     refused_and_dropped(err.value)
