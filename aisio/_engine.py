@@ -18,7 +18,7 @@ import anyio.abc
 from ._backends._base import Backend, Body, HTTPBody
 from ._config import NEAR, ClientConfig
 from ._planner import Span, coalesce, split
-from ._retry import RetryPolicy, is_transient, retry_after_of
+from ._retry import RetryPolicy, is_transient, naming, retry_after_of
 from ._slots import Slots
 from ._url import Location, redact
 from .errors import ObjectChangedError, ObjectNotFoundError, RangeError, TransientError
@@ -26,6 +26,7 @@ from .errors import ObjectChangedError, ObjectNotFoundError, RangeError, Transie
 __all__ = ["Engine", "Statistics", "Stream"]
 
 _DISCARD = 2**20  # scratch for the gap bytes a coalesced GET reads between segments
+_EARNED = 256 * 1024  # bytes a response must bring (or all it was asked for) to earn retries back
 _FANOUT = 16  # parts of one read in flight at once from a near server
 _EMPTY = memoryview(b"")
 
@@ -274,11 +275,21 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group.exceptions[0]
 
 
+def same_version(pinned: str, got: str | None) -> bool:
+    """True if a response's ETag names the version a read is pinned to (quotes, W/ aside)."""
+    if got is None:
+        return False
+    return pinned.removeprefix("W/").strip('"') == got.removeprefix("W/").strip('"')
+
+
 class Stream:
     """One GET body that reopens at the next unread byte after a transient failure.
 
-    Pinned to the ETag of its first response, so a resumed read cannot mix versions.
-    ``max_attempts`` counts consecutive failures; progress in between resets it.
+    Pinned to the ETag of its first response: every later response must carry the same one
+    (whether or not the server honoured If-Match), so a resumed read cannot mix versions.
+    ``max_attempts`` counts failures in a row; a response earns them back only by bringing
+    ``_EARNED`` bytes (or all it was asked for), so a fault that recurs on every response
+    ends in TransientError after a bounded number of requests.
     ``async with`` closes it.
     """
 
@@ -292,6 +303,7 @@ class Stream:
         self.latency = 0.0  # seconds the last response head took (Body.latency)
         self._body: Body | None = None
         self._failures = 0
+        self._opened_at = start  # position when the current response began
 
     async def __aenter__(self) -> Stream:
         return self
@@ -327,12 +339,20 @@ class Stream:
             try:
                 if self._body is None:
                     engine._requests += 1
-                    self._body = await self._backend.open_body(
+                    self._body = body = await self._backend.open_body(
                         self.loc, self.position, self.end, etag=self.etag)
-                    self.object_size = self._body.object_size
-                    self.latency = self._body.latency
+                    self._opened_at = self.position
+                    self.latency = body.latency
                     if self.etag is None:
-                        self.etag = self._body.etag
+                        self.etag = body.etag
+                    elif not same_version(self.etag, body.etag) and body.object_size != self.position:
+                        raise ObjectChangedError(
+                            f"{self.loc.url} changed while it was being read (ETag "
+                            f"{redact(str(body.etag))[:80]}, the read began with {redact(self.etag)[:80]})",
+                            url=self.loc.url)
+                    self.object_size = body.object_size
+                    if self.object_size < 0:  # e.g. Content-Range: bytes a-b/*
+                        self.object_size = await self._size_by_head()
                     if self.end is None or self.end > self.object_size:
                         self.end = self.object_size
                     if self.position >= self.end:
@@ -349,7 +369,10 @@ class Stream:
                     raise  # the object vanished mid-read: no retry can help
                 self._failures += 1
                 if not is_transient(exc):
-                    raise
+                    renamed = naming(exc, self.loc.url)
+                    if renamed is exc:
+                        raise
+                    raise renamed from exc
                 if self._failures >= engine.policy.max_attempts:
                     raise TransientError(
                         f"{self.loc.url}: gave up after {self._failures} attempts: "
@@ -359,12 +382,26 @@ class Stream:
                 await engine._sleep(engine.policy.delay(
                     self._failures, retry_after_of(exc), engine._rand))
                 continue
-            self._failures = 0
             self.position += n
             engine._bytes += n
+            if self._failures and self.position - self._opened_at >= min(_EARNED, self._asked()):
+                self._failures = 0
             if n == 0 or self.position >= (self.object_size if self.end is None else self.end):
                 await self.aclose()  # the range is done: free its connection now
             return n
+
+    def _asked(self) -> int:
+        """Bytes the current response was asked for."""
+        end = self.object_size if self.end is None else self.end
+        return max(end - self._opened_at, 1)
+
+    async def _size_by_head(self) -> int:
+        """The object's size when a response did not tell it; a HEAD of another version is refused."""
+        info = await self._backend.head(self.loc)
+        if self.etag is not None and not same_version(self.etag, info.etag):
+            raise ObjectChangedError(f"{self.loc.url} changed while it was being read",
+                                     url=self.loc.url)
+        return info.size
 
     async def aclose(self) -> None:
         body, self._body = self._body, None

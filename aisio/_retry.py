@@ -6,6 +6,7 @@ to try again.
 
 from __future__ import annotations
 
+import copy
 import random
 import ssl
 from collections.abc import Awaitable, Callable
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ._url import redact
-from .errors import RequestError
+from .errors import AisioError, RequestError
 
-__all__ = ["RETRYABLE_STATUS", "RetryPolicy", "is_transient", "retry_after_of", "retrying"]
+__all__ = ["RETRYABLE_STATUS", "RetryPolicy", "is_transient", "naming", "retry_after_of", "retrying"]
 
 T = TypeVar("T")
 
@@ -37,6 +38,21 @@ def is_transient(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - httpx is a dependency
         return False
     return isinstance(exc, httpx.TransportError)
+
+
+def naming(exc: BaseException, url: str) -> BaseException:
+    """``exc``, or a copy of it that names the object ``url`` if it named only an endpoint.
+
+    The HTTP layer knows the request's http(s) URL, not which object it was for; the user
+    needs the object.
+    """
+    if not isinstance(exc, AisioError) or not (exc.url is None or exc.url.startswith("http")):
+        return exc
+    renamed = copy.copy(exc)
+    renamed.args = (f"{url}: {exc}", *exc.args[1:])
+    renamed.url = url
+    renamed.__cause__ = exc
+    return renamed
 
 
 @dataclass(frozen=True)
@@ -78,7 +94,10 @@ async def retrying(
         except Exception as exc:
             attempt += 1
             if not is_transient(exc):
-                raise
+                renamed = naming(exc, url)
+                if renamed is exc:
+                    raise
+                raise renamed from exc
             if attempt >= policy.max_attempts:
                 raise TransientError(
                     f"{url}: gave up after {attempt} attempts: {redact(str(exc)) or type(exc).__name__}",

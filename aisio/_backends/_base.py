@@ -8,6 +8,7 @@ A backend maps its store's failures to ``aisio.errors`` (or leaves transport err
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +19,7 @@ from .._url import Location
 if TYPE_CHECKING:
     from .._http import Response
 
-__all__ = ["Backend", "Body", "HTTPBody", "Upload", "check_range", "object_size_of",
+__all__ = ["Backend", "Body", "HTTPBody", "Upload", "checked_size", "unsatisfied_size",
            "untrusted_certificate"]
 
 
@@ -31,7 +32,7 @@ class Body(Protocol):
 
     @property
     def object_size(self) -> int:
-        """Size of the whole object."""
+        """Size of the whole object; -1 if the response did not say (the engine asks a HEAD)."""
 
     @property
     def etag(self) -> str | None:
@@ -117,33 +118,44 @@ class HTTPBody:
         self._response.close()
 
 
-def object_size_of(headers: Mapping[str, str]) -> int:
-    """Object size from ``Content-Range: bytes a-b/size`` or, for a 200, Content-Length; -1 if unknown."""
-    total = headers.get("content-range", "").rpartition("/")[2]
-    if total.isdigit():
-        return int(total)
-    length = headers.get("content-length", "")
-    return int(length) if length.isdigit() else -1
+_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
+_TOTAL = re.compile(r"bytes \*/([0-9]{1,19})")
+_LENGTH = re.compile(r"[0-9]{1,19}")
 
 
-def check_range(url: str, status: int, content_range: str | None, start: int) -> None:
-    """Refuse a GET body that does not begin at byte ``start`` of the object.
+def unsatisfied_size(headers: Mapping[str, str]) -> int:
+    """The object size a 416's ``Content-Range: bytes */size`` gives; -1 if none."""
+    match = _TOTAL.fullmatch(headers.get("content-range", ""))
+    return int(match.group(1)) if match else -1
+
+
+def checked_size(url: str, status: int, headers: Mapping[str, str], start: int) -> int:
+    """The object's size from a GET's 200 or 206 head, after checking the body starts at ``start``.
 
     A proxy or cache that dropped the Range (200 for a read from ``start > 0``) or moved it
-    (a Content-Range starting elsewhere) would otherwise hand the engine other bytes than
-    it asked for. Raised as ConnectionError, so the engine retries it like a broken body.
+    (a Content-Range starting elsewhere, or one that disagrees with Content-Length) would
+    otherwise hand the engine other bytes than it asked for: that is a ConnectionError, which
+    the engine retries like a broken body. -1 when the head does not say (``bytes a-b/*``, or a
+    200 without Content-Length): the engine then asks a HEAD, never guesses.
     """
+    length = headers.get("content-length")
+    if length is not None and not _LENGTH.fullmatch(length):
+        length = None  # the HTTP layer refuses malformed ones; here: not a size
     if status == 200:
-        if start == 0:
-            return
-        got = "the whole object (HTTP 200)"
-    else:
-        unit, _, span = (content_range or "").partition(" ")
-        first = span.partition("-")[0]
-        if unit == "bytes" and first.isdigit() and int(first) == start:
-            return
-        got = f"Content-Range {content_range!r}"
-    raise ConnectionError(f"{url}: asked for bytes from {start}, the server sent {got}")
+        if start:
+            raise ConnectionError(f"{url}: asked for bytes from {start}, the server sent the "
+                                  "whole object (HTTP 200)")
+        return int(length) if length is not None else -1
+    content_range = headers.get("content-range", "")
+    match = _RANGE.fullmatch(content_range)
+    if match is not None:
+        first, last, total = match.groups()
+        size = -1 if total == "*" else int(total)
+        if (int(first) == start and int(last) >= start and (size < 0 or int(last) < size)
+                and (length is None or int(length) == int(last) - start + 1)):
+            return size
+    raise ConnectionError(f"{url}: asked for bytes from {start}, the server sent Content-Range "
+                          f"{content_range[:80]!r} with Content-Length {str(length)[:20]}")
 
 
 def untrusted_certificate(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:

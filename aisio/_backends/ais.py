@@ -11,8 +11,12 @@ object (the range GETs of one read) go straight to it, as the SDK's ``direct`` m
 A target that fails, refuses or no longer has the object is forgotten and the request goes
 through the gateway again. Redirects signed by the cluster are never cached.
 
-The bearer token (``AISOptions.token``) is sent to the gateway and to hosts the gateway
-redirected us to, never elsewhere, and never appears in a message or repr.
+The bearer token (``AISOptions.token``) is sent to the gateway, and to a host the gateway
+itself redirects a request to (a cluster's targets are other hosts), unless that redirect
+goes from https to plain http: a token never travels unencrypted once the gateway is TLS.
+A redirect from anyone but the gateway (a target that sends us on) is followed without
+it. Trust in a target lasts while it is cached as the object's target, not for the
+client's lifetime. The token never appears in a message, repr or log.
 
 AIS has no ``If-Match``: an ETag check compares the object's version (or checksum) in the
 response headers with the expected one and raises ObjectChangedError on a difference.
@@ -40,6 +44,7 @@ import msgpack
 
 from .. import _http
 from .._config import ClientConfig
+from .._logging import guard_sdk_loggers
 from .._retry import RetryPolicy, retrying
 from .._types import ObjectInfo
 from .._url import Location, redact
@@ -52,7 +57,7 @@ from ..errors import (
     RangeError,
     RequestError,
 )
-from ._base import HTTPBody, check_range, object_size_of, untrusted_certificate
+from ._base import HTTPBody, checked_size, unsatisfied_size, untrusted_certificate
 
 __all__ = ["AISBackend"]
 
@@ -90,6 +95,9 @@ def _byte_view(view: memoryview) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
+_PAGE_LIMIT = 64 * 2**20  # a list page of 10,000 entries is about 1 MiB
+
+
 @dataclass
 class _Resp:
     """A response of either transport (httpx or ``_http``), its body not yet read."""
@@ -98,10 +106,19 @@ class _Resp:
     headers: Mapping[str, str]
     stream: httpx.Response | _http.Response
 
-    async def read(self) -> bytes:
-        if isinstance(self.stream, httpx.Response):
+    async def read(self, limit: int | None = None) -> bytes:
+        """The body, or its first ``limit`` bytes (the rest is not read: the connection closes)."""
+        if not isinstance(self.stream, httpx.Response):
+            return await self.stream.read(limit=limit)
+        if limit is None:
             return await self.stream.aread()
-        return await self.stream.read()
+        pieces, got = [], 0
+        async for piece in self.stream.aiter_bytes():
+            pieces.append(piece)
+            got += len(piece)
+            if got >= limit:
+                break
+        return b"".join(pieces)[:limit]
 
     async def aclose(self) -> None:
         await self.stream.aclose()
@@ -170,8 +187,8 @@ class AISBackend:
         if endpoint and "://" not in endpoint:
             endpoint = "http://" + endpoint
         self._gateway = endpoint
-        self._trusted = {self._origin(endpoint)} if endpoint else set()
-        self._targets: collections.OrderedDict[tuple[str, str, str], str] = (
+        # (provider, bucket, key) -> (target origin, whether it may get the token)
+        self._targets: collections.OrderedDict[tuple[str, str, str], tuple[str, bool]] = (
             collections.OrderedDict())
         context = ssl.create_default_context(cafile=config.ca_bundle)
         if not config.verify_tls:
@@ -192,6 +209,7 @@ class AISBackend:
             read_timeout=config.read_timeout,
             ssl_context=context,
         )
+        guard_sdk_loggers()  # httpx and httpcore log URLs (a redirect's may be signed)
 
     def __repr__(self) -> str:
         return f"AISBackend(endpoint={redact(self._gateway)!r})"
@@ -223,19 +241,23 @@ class AISBackend:
     def _object_path(loc: Location) -> str:
         return f"/v1/objects/{quote(loc.bucket, safe='')}/{_quote_key(loc.key)}"
 
+    def _may_get_token(self, target: str) -> bool:
+        """Whether a host the gateway redirected us to may receive the token: no https -> http."""
+        return not (self._gateway.startswith("https:") and not target.startswith("https:"))
+
     async def _send(
         self, method: str, url: str, *, params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None, body: bytes | memoryview | None = None,
-        fast: bool = False, expected: int | None = None,
+        fast: bool = False, expected: int | None = None, auth: bool = True,
     ) -> _Resp:
-        """One request, body unread; the token goes only to the gateway and its targets.
+        """One request, body unread; ``auth``: with the token (the caller decides who gets it).
 
         ``fast``: on the zero-copy pool, whose ``expected`` is the body size the Range asks.
         """
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
         hdrs = dict(headers or {})
-        if self._token and self._origin(url) in self._trusted:
+        if self._token and auth:
             hdrs["Authorization"] = f"Bearer {self._token}"
         if fast:
             data = await self._pool.request(method, url, headers=hdrs, body=body, expected=expected)
@@ -272,11 +294,12 @@ class AISBackend:
         path = self._object_path(loc)
         query = {"provider": loc.provider, **(params or {})}
         key = (loc.provider, loc.bucket, loc.key)
-        origin = self._targets.get(key)
-        if origin is not None:
+        cached = self._targets.get(key)
+        if cached is not None:
+            origin, auth = cached
             try:
                 resp = await self._send(method, origin + path, params=query, headers=headers,
-                                        body=body, fast=fast, expected=expected)
+                                        body=body, fast=fast, expected=expected, auth=auth)
             except (httpx.TransportError, OSError):
                 self._targets.pop(key, None)
                 raise
@@ -292,25 +315,31 @@ class AISBackend:
                                 body=probe, fast=fast, expected=expected)
         target = await self._redirect_target(resp, gateway)
         if target is None:
+            if probe is not body and body and resp.status < 300:
+                # the gateway stored the bodyless probe itself: send it the object after all
+                await resp.aclose()
+                return await self._send(method, gateway + path, params=query, headers=headers,
+                                        body=body, fast=fast, expected=expected)
             return resp
+        auth = self._may_get_token(target)
         if self._cache_targets and "u" not in parse_qs(urlsplit(target).query):
-            self._targets[key] = self._origin(target)
+            self._targets[key] = (self._origin(target), auth)
             if len(self._targets) > _MAX_CACHED_TARGETS:
                 self._targets.popitem(last=False)
-        return await self._send(method, target, headers=headers, body=body, fast=fast)
+        return await self._send(method, target, headers=headers, body=body, fast=fast, auth=auth)
 
     async def _redirect_target(self, resp: _Resp, gateway: str) -> str | None:
-        """The URL a gateway's redirect points to (now a trusted host), or None."""
+        """The URL a gateway's redirect points to, or None."""
         if resp.status not in _REDIRECTS or "location" not in resp.headers:
             return None
         try:
-            await resp.read()  # a short note at most; read, the connection stays reusable
+            # a short note at most; read, the connection stays reusable (unless it is long)
+            await resp.read(limit=_http.ERROR_BODY_LIMIT)
         finally:
             await resp.aclose()
         target = urljoin(gateway + "/", resp.headers["location"])
         if urlsplit(target).scheme not in ("http", "https"):
             raise RequestError("the AIS gateway redirected to a non-HTTP URL", status=resp.status)
-        self._trusted.add(self._origin(target))
         return target
 
     async def _gateway_request(
@@ -323,14 +352,15 @@ class AISBackend:
         target = await self._redirect_target(resp, gateway)
         if target is None:
             return resp
-        return await self._send(method, target, headers=headers, body=body)
+        return await self._send(method, target, headers=headers, body=body,
+                                auth=self._may_get_token(target))
 
     async def _error(self, resp: _Resp, loc: Location) -> AisioError:
         """The aisio error for an AIS error reply (JSON body, or Hdr-Error for HEAD)."""
         try:
             raw = resp.headers.get("hdr-error", "")
             if not raw:
-                raw = (await resp.read()).decode("utf-8", "replace")
+                raw = (await resp.read(limit=_http.ERROR_BODY_LIMIT)).decode("utf-8", "replace")
         finally:
             await resp.aclose()
         message = raw
@@ -354,14 +384,21 @@ class AISBackend:
             retry_after = float(resp.headers.get("retry-after", ""))
         return RequestError(text, url=url, status=status, retry_after=retry_after)
 
-    async def _read(self, resp: _Resp, loc: Location) -> tuple[Mapping[str, str], bytes]:
-        """Headers and whole body of a successful reply; the mapped error otherwise."""
+    async def _read(self, resp: _Resp, loc: Location, limit: int | None = None
+                    ) -> tuple[Mapping[str, str], bytes]:
+        """Headers and whole body of a successful reply; the mapped error otherwise.
+
+        ``limit``: a body longer than that is a malformed reply, not read on.
+        """
         if resp.status >= 300:
             raise await self._error(resp, loc)
         try:
-            return resp.headers, await resp.read()
+            body = await resp.read(limit=None if limit is None else limit + 1)
         finally:
             await resp.aclose()
+        if limit is not None and len(body) > limit:
+            raise RequestError(f"{loc.url}: reply of the AIS cluster over {limit} bytes", url=loc.url)
+        return resp.headers, body
 
     async def _call(
         self, loc: Location, method: str, *, params: Mapping[str, str] | None = None,
@@ -393,13 +430,19 @@ class AISBackend:
     async def head(self, loc: Location) -> ObjectInfo:
         self._need_key(loc)
         headers, _ = await self._call(loc, "HEAD", params={"props": _HEAD_PROPS})
-        return self._info(loc, headers, int(headers.get("content-length") or 0))
+        size = headers.get("content-length", "")
+        if not (size.isascii() and size.isdigit() and len(size) <= 19):
+            # legal for a HEAD (say, chunked), but then nobody knows the size: never guess 0
+            raise RequestError(f"{loc.url}: HEAD answered without a valid Content-Length",
+                               url=loc.url)
+        return self._info(loc, headers, int(size))
 
     async def list(self, loc: Location, *, recursive: bool = True) -> AsyncIterator[ObjectInfo]:
         flags = 0 if recursive else _LS_NO_RECURSION | _LS_NO_DIRS
         path = f"/v1/buckets/{quote(loc.bucket, safe='')}"
         headers = {"Accept": _MSGPACK, "Content-Type": "application/json"}
         uuid = token = ""
+        seen: set[str] = set()
         while True:
             value = {"prefix": loc.key, "pagesize": self._page_size, "uuid": uuid,
                      "props": _LIST_PROPS, "continuation_token": token, "flags": str(flags),
@@ -410,22 +453,22 @@ class AISBackend:
                 async with self._slots:
                     resp = await self._gateway_request("GET", loc, path, headers=headers,
                                                        body=body, params={"provider": loc.provider})
-                    return _decode_page(*await self._read(resp, loc))
+                    return _decode_page(loc, *await self._read(resp, loc, _PAGE_LIMIT))
 
             data = await retrying(page, self._policy, loc.url, anyio.sleep)
-            for entry in data["entries"]:
-                name, flag = entry.get("n", ""), int(entry.get("f") or 0)
+            for name, size, flag, version, checksum in data["entries"]:
                 if flag & _ENTRY_IS_DIR or name.endswith("/"):
                     continue
                 if not recursive and "/" in name[len(loc.key):]:
                     continue
-                version = str(entry.get("v") or "") or None
-                etag = version or str(entry.get("cs") or "") or None
-                yield ObjectInfo(loc.child(name).url, int(entry.get("s") or 0), etag, None,
-                                 version)
+                yield ObjectInfo(loc.child(name).url, size, version or checksum, None, version)
             uuid, token = data["uuid"], data["token"]
             if not token:
                 return
+            if token in seen:  # a cluster that sends us round in circles: never ends otherwise
+                raise RequestError(f"{loc.url}: the listing repeated a continuation token",
+                                   url=loc.url)
+            seen.add(token)
 
     async def open_body(
         self, loc: Location, start: int, end: int | None, *, etag: str | None = None,
@@ -456,7 +499,7 @@ class AISBackend:
                 params["etl_args"] = etl_args
         resp = await self._object_request("GET", loc, params=params, headers=headers, fast=True,
                                           expected=None if end is None else end - start)
-        if resp.status == 416 and object_size_of(resp.headers) == start:
+        if resp.status == 416 and unsatisfied_size(resp.headers) == start:
             await resp.aclose()
             return _EmptyBody(start, None)
         if resp.status >= 300:
@@ -464,12 +507,12 @@ class AISBackend:
         got = _etag(resp.headers)
         try:
             self._check_etag(loc, etag, got)
-            check_range(loc.url, resp.status, resp.headers.get("content-range"), start)
+            size = checked_size(loc.url, resp.status, resp.headers, start)
         except BaseException:
             await resp.aclose()
             raise
         assert isinstance(resp.stream, _http.Response)
-        return HTTPBody(resp.stream, object_size_of(resp.headers), got)
+        return HTTPBody(resp.stream, size, got)
 
     @staticmethod
     def _check_etag(loc: Location, expected: str | None, got: str | None) -> None:
@@ -551,13 +594,30 @@ class AISBackend:
         return out
 
 
-def _decode_page(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-    """A list-objects page, msgpack or JSON, with msgpack's short entry keys."""
-    if _MSGPACK in headers.get("content-type", ""):
-        raw = msgpack.unpackb(body, raw=False)
-        return {"uuid": raw.get("UUID") or "", "token": raw.get("ContinuationToken") or "",
-                "entries": raw.get("Entries") or []}
-    raw = json.loads(body)
-    entries = [{_JSON_KEYS.get(k, k): v for k, v in e.items()} for e in raw.get("entries") or []]
-    return {"uuid": raw.get("uuid") or "", "token": raw.get("continuation_token") or "",
-            "entries": entries}
+def _decode_page(loc: Location, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """A list-objects page, msgpack or JSON: uuid, token, and (name, size, flags, version,
+    checksum) per entry. A page that is not of that shape is a RequestError naming the bucket."""
+    try:
+        if _MSGPACK in headers.get("content-type", ""):
+            raw = msgpack.unpackb(body, raw=False)
+            uuid, token, items = raw.get("UUID"), raw.get("ContinuationToken"), raw.get("Entries")
+        else:
+            raw = json.loads(body)
+            uuid, token = raw.get("uuid"), raw.get("continuation_token")
+            items = [{_JSON_KEYS.get(k, k): v for k, v in e.items()} for e in raw.get("entries") or []]
+        entries = [_entry(e) for e in items or ()]
+        if not isinstance(uuid or "", str) or not isinstance(token or "", str):
+            raise TypeError("uuid or token is not a string")
+    except Exception as exc:  # msgpack's and json's errors, and every wrong shape
+        kind = type(exc).__name__
+        raise RequestError(f"{loc.url}: malformed listing page from the AIS cluster ({kind})",
+                           url=loc.url) from None
+    return {"uuid": uuid or "", "token": token or "", "entries": entries}
+
+
+def _entry(e: Mapping[str, Any]) -> tuple[str, int, int, str | None, str | None]:
+    """One listing entry, checked: a name, a size and flags that are what they claim."""
+    name, size, flags = e.get("n", ""), e.get("s") or 0, e.get("f") or 0
+    if not isinstance(name, str) or type(size) is not int or type(flags) is not int or size < 0:
+        raise TypeError("entry of the wrong shape")
+    return name, size, flags, str(e.get("v") or "") or None, str(e.get("cs") or "") or None

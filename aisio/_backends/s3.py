@@ -28,7 +28,7 @@ from .. import _http
 from .._config import ClientConfig
 from .._retry import RetryPolicy, retrying
 from .._types import ObjectInfo
-from .._url import Location
+from .._url import Location, redact
 from ..errors import (
     AccessDeniedError,
     AisioError,
@@ -38,7 +38,7 @@ from ..errors import (
     RangeError,
     RequestError,
 )
-from ._base import HTTPBody, check_range, object_size_of, untrusted_certificate
+from ._base import HTTPBody, checked_size, untrusted_certificate
 from ._sigv4 import Signer, plain_bucket
 
 __all__ = ["S3Backend"]
@@ -51,17 +51,39 @@ _DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
            "ExpiredToken", "InvalidToken"}
 
 
-def _map_error(exc: Exception, loc: Location) -> Exception:
-    """Turn botocore and aiohttp failures into aisio errors or retryable OSErrors."""
+def _server_text(text: object, secrets: tuple[str, ...] = ()) -> str:
+    """Text a server sent, safe for a message: no signatures, tokens or keys it echoed, short."""
+    cleaned = redact(str(text))
+    for secret in secrets:
+        if secret:
+            cleaned = cleaned.replace(secret, "REDACTED")
+    cleaned = "".join(c if c.isprintable() else "?" for c in cleaned[:300])
+    return cleaned
+
+
+def _map_error(exc: Exception, loc: Location, secrets: tuple[str, ...] = ()) -> Exception:
+    """Turn botocore and aiohttp failures into aisio errors or retryable OSErrors.
+
+    Whatever the server wrote (an error's Code and Message) is scrubbed of secrets first:
+    stores echo the request target, signature and token included, in their messages.
+    """
     import botocore.exceptions as bx
 
     url = loc.url
     if isinstance(exc, bx.ClientError):
         err = exc.response.get("Error", {})
         meta = exc.response.get("ResponseMetadata", {})
-        code = str(err.get("Code", ""))
+        code = _server_text(err.get("Code", ""), secrets)[:64]
         status = int(meta.get("HTTPStatusCode") or 0)
-        text = str(err.get("Message") or code or status)
+        text = _server_text(err.get("Message") or code or status, secrets)
+        headers = meta.get("HTTPHeaders", {})
+        if status in (301, 307) or code in ("PermanentRedirect", "AuthorizationHeaderMalformed",
+                                            "IllegalLocationConstraintException"):
+            region = _server_text(headers.get("x-amz-bucket-region", ""), secrets)[:32]
+            if region:
+                return RequestError(f"{url}: the bucket is in region {region}; set "
+                                    f"S3Options(region={region!r}) (HTTP {status}: {code})",
+                                    url=url, status=status)
         if code in _NOT_FOUND or status == 404:
             return ObjectNotFoundError(f"not found: {url} ({code or status})", url=url)
         if code in _DENIED or status == 403:
@@ -72,7 +94,6 @@ def _map_error(exc: Exception, loc: Location) -> Exception:
             return ObjectChangedError(f"{url} changed while it was being read", url=url)
         if code in ("InvalidBucketName", "KeyTooLongError"):
             return InvalidURLError(f"invalid URL {url} ({code}: {text})", url=url)
-        headers = meta.get("HTTPHeaders", {})
         retry_after = None
         with contextlib.suppress(TypeError, ValueError):
             retry_after = float(headers.get("retry-after"))
@@ -93,6 +114,12 @@ def _map_error(exc: Exception, loc: Location) -> Exception:
                                f"{type(exc).__name__}")
     if isinstance(exc, bx.NoCredentialsError):
         return AccessDeniedError(f"no AWS credentials found to access {url}", url=url)
+    from botocore.parsers import ResponseParserError
+
+    if isinstance(exc, (ResponseParserError, ValueError, TypeError, KeyError, AttributeError)):
+        # botocore parses the store's XML: a body that is not S3's shape fails in there
+        return RequestError(f"{url}: malformed response from the S3 endpoint "
+                            f"({type(exc).__name__})", url=url)
     try:
         import aiohttp
     except ImportError:  # pragma: no cover
@@ -102,16 +129,19 @@ def _map_error(exc: Exception, loc: Location) -> Exception:
     return exc
 
 
-async def _call(loc: Location, fn: Callable[..., Awaitable[T]], **kwargs: Any) -> T:
+async def _call(loc: Location, fn: Callable[..., Awaitable[T]], secrets: tuple[str, ...],
+                **kwargs: Any) -> T:
     try:
         return await fn(**kwargs)
     except AisioError:
         raise
     except Exception as exc:
-        mapped = _map_error(exc, loc)
+        mapped = _map_error(exc, loc, secrets)
         if mapped is exc:
             raise
-        raise mapped from None
+    # raised out here, so the SDK's error (whose text may hold what the server echoed)
+    # is neither the cause nor the context of ours
+    raise mapped
 
 
 def _payload(view: memoryview) -> bytes | bytearray:
@@ -122,7 +152,8 @@ def _payload(view: memoryview) -> bytes | bytearray:
     return view.tobytes()
 
 
-def _http_error(loc: Location, status: int, body: bytes, headers: Mapping[str, str]) -> Exception:
+def _http_error(loc: Location, status: int, body: bytes, headers: Mapping[str, str],
+                secrets: tuple[str, ...] = ()) -> Exception:
     """An S3 XML error response as the aisio error botocore's would map to."""
     code = _xml_field(body, "Code") or str(status)
     message = _xml_field(body, "Message") or code
@@ -130,7 +161,7 @@ def _http_error(loc: Location, status: int, body: bytes, headers: Mapping[str, s
                 "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": dict(headers)}}
     import botocore.exceptions as bx
 
-    return _map_error(bx.ClientError(response, "GetObject"), loc)
+    return _map_error(bx.ClientError(response, "GetObject"), loc, secrets)
 
 
 def _xml_field(body: bytes, name: str) -> str | None:
@@ -163,6 +194,21 @@ def _origin(endpoint: str) -> str:
     """scheme://host[:port] as the Host header will carry it (default port dropped)."""
     scheme, _, _, authority, _, _ = _http._split_url(endpoint.rstrip("/") + "/")
     return f"{scheme}://{authority}"
+
+
+def _listed(loc: Location, page: Mapping[str, Any]) -> list[ObjectInfo]:
+    """The objects of one ListObjectsV2 page; a page that is not S3's shape is a RequestError."""
+    out = []
+    try:
+        for item in page.get("Contents", ()):
+            key, size = item["Key"], item["Size"]
+            if not isinstance(key, str) or type(size) is not int or size < 0:
+                raise TypeError("bad entry")
+            out.append(ObjectInfo(loc.child(key).url, size, item.get("ETag"),
+                                  item.get("LastModified")))
+    except (KeyError, TypeError, AttributeError):
+        raise RequestError(f"{loc.url}: malformed listing from the S3 endpoint", url=loc.url) from None
+    return out
 
 
 class _S3Upload:
@@ -219,6 +265,7 @@ class S3Backend:
             collections.OrderedDict())
         self._signer = _plain_signer(config)
         opts = config.s3
+        self._secrets = tuple(s for s in (opts.secret_access_key, opts.session_token) if s)
         # path-style origin for our own signing (None: AWS virtual hosts, per bucket)
         self._origin: str | None = None
         if opts.endpoint_url:
@@ -278,6 +325,12 @@ class S3Backend:
             verify=cfg.ca_bundle or cfg.verify_tls,
             config=aio_config,
         ))
+        # botocore asks for "100 Continue" before every PUT body, and aiohttp waits for it
+        # with no timeout: a server that never answers would hold the upload for ever. The
+        # body goes at once instead, and read_timeout bounds the wait for the answer.
+        from botocore.handlers import add_expect_header
+
+        client.meta.events.unregister("before-call.s3", add_expect_header)
         self._stack = stack
         guard_sdk_loggers()
         return client
@@ -289,7 +342,8 @@ class S3Backend:
         return params
 
     async def _retry(self, loc: Location, fn: Callable[..., Awaitable[T]], **kwargs: Any) -> T:
-        return await retrying(lambda: _call(loc, fn, **kwargs), self._policy, loc.url, anyio.sleep)
+        return await retrying(lambda: _call(loc, fn, self._secrets, **kwargs), self._policy, loc.url,
+                              anyio.sleep)
 
     def _need_key(self, loc: Location) -> None:
         if not loc.key or loc.key.endswith("/"):
@@ -313,7 +367,7 @@ class S3Backend:
         response.close()  # no body: the connection is back in the pool already
         headers = response.headers
         if response.status != 200:
-            raise _http_error(loc, response.status, b"", headers)
+            raise _http_error(loc, response.status, b"", headers, self._secrets)
         if response.content_length is None:  # the pool has parsed and checked it
             raise RequestError(f"{loc.url}: HEAD answered without a Content-Length", url=loc.url)
         modified = None
@@ -329,14 +383,18 @@ class S3Backend:
             params["Delimiter"] = "/"
         if self._config.s3.requester_pays:
             params["RequestPayer"] = "requester"
+        seen: set[str] = set()
         while True:
             page = await self._retry(loc, client.list_objects_v2, **params)
-            for item in page.get("Contents", ()):
-                yield ObjectInfo(loc.child(item["Key"]).url, int(item["Size"]), item.get("ETag"),
-                                 item.get("LastModified"))
+            for item in _listed(loc, page):
+                yield item
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
+            if token in seen:  # a server that sends us round in circles: never ends otherwise
+                raise RequestError(f"{loc.url}: the listing repeated a continuation token",
+                                   url=loc.url)
+            seen.add(token)
             params["ContinuationToken"] = token
 
     async def _signed_url(self, loc: Location) -> str:
@@ -378,19 +436,18 @@ class S3Backend:
                                             expected=None if end is None else end - start)
         if response.status in (200, 206):
             try:
-                check_range(loc.url, response.status, response.headers.get("content-range"), start)
+                size = checked_size(loc.url, response.status, response.headers, start)
             except BaseException:
                 await response.aclose()
                 raise
-            size = object_size_of(response.headers)
             return HTTPBody(response, size, response.headers.get("etag"))
         try:
-            body = await response.read()
+            body = await response.read(limit=_http.ERROR_BODY_LIMIT)
         finally:
             await response.aclose()
         if response.status == 403:
             self._signed.pop((loc.bucket, loc.key), None)  # perhaps expired credentials
-        raise _http_error(loc, response.status, body, response.headers)
+        raise _http_error(loc, response.status, body, response.headers, self._secrets)
 
     async def put(self, loc: Location, data: memoryview) -> ObjectInfo:
         self._need_key(loc)
