@@ -11,6 +11,7 @@ from ._backends import Backend, create_backend
 from ._buffers import bytes_of, fresh_bytes, writable_view
 from ._config import ClientConfig
 from ._engine import Engine, Statistics
+from ._logging import guard_sdk_loggers
 from ._readers import AsyncReader, ReaderConstructor
 from ._types import ObjectInfo
 from ._url import Location, parse_url
@@ -36,6 +37,7 @@ class AsyncClient:
 
     def __init__(self, config: ClientConfig | None = None) -> None:
         self.config = config if config is not None else ClientConfig.from_env()
+        guard_sdk_loggers()  # every process that uses aisio gets redacted logs, whatever it reads
         self._engine = Engine(self.config)
         self._backends: dict[str, Backend] = {}
         self._state = _State.OPEN

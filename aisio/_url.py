@@ -53,7 +53,9 @@ class Location:
     def url(self) -> str:
         if self.scheme == "file":
             return file_url(self.key)
-        if self.scheme == "ais" and self.provider != "ais":
+        if self.scheme == "ais" and (self.provider != "ais" or _PROVIDER_SUFFIX.search(self.key)):
+            # a key that itself ends in ?provider=... keeps its own provider explicit, so the
+            # URL parses back to this object, not to one of another bucket
             return f"ais://{self.bucket}/{self.key}?provider={self.provider}"
         return f"{self.scheme}://{self.bucket}/{self.key}"
 
