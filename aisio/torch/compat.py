@@ -77,6 +77,7 @@ __all__ = [
     "S3ClientConfig",
     "S3FileSystem",  # noqa: F822 (loaded on first use by __getattr__)
     "S3IterableDataset",
+    "S3LightningCheckpoint",  # noqa: F822 (loaded on first use by __getattr__)
     "S3MapDataset",
     "S3PrefixStrategyBase",  # noqa: F822 (loaded on first use by __getattr__)
     "S3Reader",
@@ -91,6 +92,7 @@ __all__ = [
 
 _LAZY = {
     "S3Checkpoint": "aisio.torch._checkpoint",
+    "S3LightningCheckpoint": "aisio.torch.lightning",
     **{name: "aisio.torch.dcp" for name in (
         "BinaryPrefixStrategy", "DefaultPrefixStrategy", "HexPrefixStrategy",
         "NumericPrefixStrategy", "RoundRobinPrefixStrategy", "S3FileSystem",
