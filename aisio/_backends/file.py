@@ -239,10 +239,23 @@ class _FileUpload:
         # the thread writes to a descriptor of its own: after a Task.cancel() it runs on,
         # and an abort that closes ours must not let it write into a file opened later
         try:
-            fd = os.dup(self._fd)
+            own = [os.dup(self._fd)]  # taken by the thread, or closed here if it never runs
         except OSError as exc:
             raise _write_error(self._path, exc) from exc
-        await _run_write(self._path, _pwrite_all, fd, data, offset)
+
+        def write() -> None:
+            try:
+                fd = own.pop()  # list.pop is atomic: the thread or the task gets it, not both
+            except IndexError:
+                return  # the task was cancelled before this thread started, and closed it
+            _pwrite_all(fd, data, offset)
+
+        try:
+            await _run_write(self._path, write)
+        except BaseException:
+            with contextlib.suppress(IndexError):
+                os.close(own.pop())  # cancelled before the thread started
+            raise
 
     async def complete(self) -> ObjectInfo:
         fd, self._fd = self._fd, -1
