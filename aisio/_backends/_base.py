@@ -118,7 +118,6 @@ class HTTPBody:
         self._response.close()
 
 
-_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
 _TOTAL = re.compile(r"bytes \*/([0-9]{1,19})")
 _LENGTH = re.compile(r"[0-9]{1,19}")
 
@@ -146,14 +145,14 @@ def checked_size(url: str, status: int, headers: Mapping[str, str], start: int) 
             raise ConnectionError(f"{url}: asked for bytes from {start}, the server sent the "
                                   "whole object (HTTP 200)")
         return int(length) if length is not None else -1
+    from .._http import parse_content_range  # HTTP backends only: file reads never import it
+
     content_range = headers.get("content-range", "")
-    match = _RANGE.fullmatch(content_range)
-    if match is not None:
-        first, last, total = match.groups()
-        size = -1 if total == "*" else int(total)
-        if (int(first) == start and int(last) >= start and (size < 0 or int(last) < size)
-                and (length is None or int(length) == int(last) - start + 1)):
-            return size
+    parsed = parse_content_range(content_range)
+    if parsed is not None:
+        first, last, total = parsed
+        if first == start and (length is None or int(length) == last - first + 1):
+            return -1 if total is None else total
     raise ConnectionError(f"{url}: asked for bytes from {start}, the server sent Content-Range "
                           f"{content_range[:80]!r} with Content-Length {str(length)[:20]}")
 
