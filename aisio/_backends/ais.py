@@ -248,15 +248,17 @@ class AISBackend:
     async def _send(
         self, method: str, url: str, *, params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None, body: bytes | memoryview | None = None,
-        fast: bool = False, expected: int | None = None, auth: bool = True,
+        fast: bool = False, expected: int | None = None, auth: bool | None = None,
     ) -> _Resp:
-        """One request, body unread; ``auth``: with the token (the caller decides who gets it).
+        """One request, body unread; the token goes to the gateway, else only where ``auth`` says.
 
         ``fast``: on the zero-copy pool, whose ``expected`` is the body size the Range asks.
         """
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
         hdrs = dict(headers or {})
+        if auth is None:
+            auth = self._origin(url) == self._origin(self._gateway)
         if self._token and auth:
             hdrs["Authorization"] = f"Bearer {self._token}"
         if fast:
