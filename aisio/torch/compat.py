@@ -7,8 +7,10 @@ when the object is built, so nothing of the SDK is kept and every class pickles.
 class also takes ``config=`` (an ``aisio.ClientConfig``); the seed's own settings
 (``region``, ``endpoint``, ``s3client_config``, an SDK object's endpoint) are laid over it.
 
-``S3Checkpoint``, ``S3StorageReader`` and ``S3StorageWriter`` are loaded on first use from
-``aisio.torch._checkpoint`` and ``aisio.torch.dcp``.
+``S3Checkpoint``, the DCP names (``S3StorageReader``, ``S3StorageWriter``, ``S3FileSystem``,
+the prefix strategies) and ``S3LightningCheckpoint`` are loaded on first use from
+``aisio.torch._checkpoint``, ``aisio.torch.dcp`` and ``aisio.torch.lightning`` (which
+needs Lightning).
 """
 
 from __future__ import annotations
