@@ -27,15 +27,19 @@ import contextlib
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from .._config import ClientConfig
 from ..errors import MissingDependencyError
 from ._s3 import LocalS3, free_port
 
@@ -63,13 +67,13 @@ def missing_programs() -> list[str]:
 def _check_installed() -> None:
     missing = missing_programs()
     if missing:
-        packages = sorted({_PROGRAMS[p] for p in missing})
+        packages = [p for p in PACKAGES if p in {_PROGRAMS[m] for m in missing}]
         raise MissingDependencyError(
             f"local_rgw() needs Ceph's {', '.join(packages)} (missing: {', '.join(missing)}); "
             f"as root: apt-get update && {INSTALL}")
 
 
-def _conf(root: str, fsid: str, mon_port: int, rgw_port: int, memory: int) -> str:
+def _conf(root: str, fsid: str, mon_port: int, frontend: str, memory: int) -> str:
     return f"""\
 [global]
 fsid = {fsid}
@@ -106,7 +110,7 @@ osd objectstore = memstore
 memstore device bytes = {memory}
 
 [client.rgw]
-rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
+rgw frontends = beast {frontend}
 rgw enable usage log = false
 rgw enable ops log = false
 rgw gc obj min wait = 0
@@ -124,6 +128,41 @@ class LocalRGW(LocalS3):
     """The temporary folder: ``ceph.conf``, the monitor's store and every log (``log/``)."""
     pids: tuple[int, ...] = ()
     """The monitor, OSD and gateway processes, in that order."""
+    version: tuple[int, ...] = ()
+    """Ceph's version, e.g. ``(16, 2, 15)``: behaviours differ between releases."""
+    ca_bundle: str | None = None
+    """The CA that signed the gateway's certificate (HTTPS only), for config() and boto3."""
+    _boto3: Any = field(default=None, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def config(self, **changes: Any) -> ClientConfig:
+        """A ClientConfig that reaches this gateway (and trusts its CA, over HTTPS)."""
+        if self.ca_bundle is not None:
+            changes.setdefault("ca_bundle", self.ca_bundle)
+        return ClientConfig(s3=self.s3_options(), **changes)
+
+    def boto3_client(self) -> Any:
+        """A boto3 client for this gateway, as this user: one, shared, closed at the end.
+
+        Shared because the gateway keeps connections open (moto closes them): a client
+        per call would leave sockets for the garbage collector, a ResourceWarning each.
+        """
+        with self._lock:
+            if self._boto3 is None:
+                import boto3
+
+                self._boto3 = boto3.client(
+                    "s3", endpoint_url=self.endpoint_url, region_name=self.region,
+                    aws_access_key_id=self.access_key_id,
+                    aws_secret_access_key=self.secret_access_key,
+                    verify=self.ca_bundle if self.ca_bundle is not None else True)
+            return self._boto3
+
+    def _close(self) -> None:
+        with self._lock:
+            client, self._boto3 = self._boto3, None
+        if client is not None:
+            client.close()
 
     def admin(self, *args: str) -> str:
         """Run ``radosgw-admin`` against this cluster; its standard output."""
@@ -176,10 +215,21 @@ class _Cluster:
             proc.wait()
 
 
+def _version() -> tuple[int, ...]:
+    out = subprocess.run(["radosgw", "--version"], capture_output=True, text=True, timeout=30,
+                         check=False).stdout
+    words = out.split()  # "ceph version 16.2.15 (<commit>) pacific (stable)"
+    if len(words) < 3:
+        return ()
+    return tuple(int(n) for n in words[2].split("-")[0].split(".") if n.isdigit())
+
+
 def _wait_for_http(cluster: _Cluster, url: str, deadline: float) -> None:
+    probe = ssl.create_default_context()
+    probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE  # up, not trusted: the caller's
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(url, timeout=2, context=probe):
                 return
         except urllib.error.HTTPError:
             return  # any S3 answer will do
@@ -193,11 +243,18 @@ def _wait_for_http(cluster: _Cluster, url: str, deadline: float) -> None:
 
 
 @contextlib.contextmanager
-def local_rgw(*, memory: int = DEFAULT_MEMORY, timeout: float = 60.0) -> Iterator[LocalRGW]:
+def local_rgw(
+    *, memory: int = DEFAULT_MEMORY, certificate: tuple[str, str] | None = None,
+    ca_bundle: str | None = None, timeout: float = 60.0,
+) -> Iterator[LocalRGW]:
     """Run a throwaway RADOS Gateway on 127.0.0.1 for the duration of the block.
 
-    ``memory`` bounds the bytes the OSD holds (all of them in RAM); writes beyond about
-    95% of it stall. Needs Debian's ``radosgw``, ``ceph-mon`` and ``ceph-osd`` packages
+    ``memory`` bounds the bytes the OSD holds, all of them in RAM: once it holds about
+    that much, Ceph marks it full and writes wait (for ever) instead of failing, so size
+    it to the data. ``certificate`` (PEM files: certificate chain, private key) makes the
+    gateway speak HTTPS only; ``ca_bundle`` names the CA that signed it, which the
+    object's ``config()`` and ``boto3_client()`` then trust.
+    Needs Debian's ``radosgw``, ``ceph-mon`` and ``ceph-osd`` packages
     (:data:`INSTALL`); raises :class:`~aisio.errors.MissingDependencyError` without them.
     Every process started is killed and the temporary folder removed on the way out,
     whether the block returns or raises.
@@ -213,8 +270,15 @@ def local_rgw(*, memory: int = DEFAULT_MEMORY, timeout: float = 60.0) -> Iterato
         mon_port, rgw_port = free_port(), free_port()
         while rgw_port == mon_port:
             rgw_port = free_port()
+        if certificate is None:
+            frontend, endpoint = f"endpoint=127.0.0.1:{rgw_port}", f"http://127.0.0.1:{rgw_port}"
+        else:
+            cert, key = (os.path.abspath(p) for p in certificate)
+            frontend = (f"ssl_endpoint=127.0.0.1:{rgw_port} ssl_certificate={cert} "
+                        f"ssl_private_key={key}")
+            endpoint = f"https://127.0.0.1:{rgw_port}"
         with open(f"{root}/ceph.conf", "w") as f:
-            f.write(_conf(root, fsid, mon_port, rgw_port, memory))
+            f.write(_conf(root, fsid, mon_port, frontend, memory))
         subprocess.run(["monmaptool", "--create", "--fsid", fsid, "--addv", "a",
                         f"[v2:127.0.0.1:{mon_port}]", f"{root}/monmap"],
                        capture_output=True, check=True, timeout=30)
@@ -223,17 +287,22 @@ def local_rgw(*, memory: int = DEFAULT_MEMORY, timeout: float = 60.0) -> Iterato
         # registering the OSD (and its mkfs, which asks the monitor too) waits for the
         # monitor to be up; the gateway and the user's creation then wait for the OSD,
         # which their first pool needs
-        _run(root, ["ceph", "--connect-timeout", str(int(timeout)), "osd", "new", osd_uuid, "0"],
-             timeout=timeout)
+        left = max(1.0, deadline - time.monotonic())
+        _run(root, ["ceph", "--connect-timeout", str(int(left) + 1), "osd", "new", osd_uuid, "0"],
+             timeout=left)
         _run(root, ["ceph-osd", "--mkfs", "-i", "0", "--osd-uuid", osd_uuid], timeout=30)
         cluster.spawn("osd", ["ceph-osd", "-i", "0"])
         cluster.spawn("rgw", ["radosgw", "-n", "client.rgw"])
         _run(root, ["radosgw-admin", "user", "create", "--uid", "aisio", "--display-name",
                     "aisio tests", "--access-key", _KEY_ID, "--secret", _SECRET],
              timeout=max(1.0, deadline - time.monotonic()))
-        endpoint = f"http://127.0.0.1:{rgw_port}"
         _wait_for_http(cluster, endpoint, deadline)
-        yield LocalRGW(endpoint, root=root, pids=tuple(p.pid for _, p in cluster.procs))
+        rgw = LocalRGW(endpoint, root=root, pids=tuple(p.pid for _, p in cluster.procs),
+                       version=_version(), ca_bundle=ca_bundle)
+        try:
+            yield rgw
+        finally:
+            rgw._close()
     finally:
         try:
             cluster.stop()
