@@ -67,20 +67,24 @@ def ais_server() -> Iterator[Any]:
         yield ais
 
 
-@pytest.fixture(scope="session")
-def rgw_server() -> Iterator[Any]:
+def skip_without_ceph() -> None:
+    """Skip (fail, with AISIO_REQUIRE_RGW=1) unless local_rgw()'s programs are installed."""
+    from aisio.testing import _rgw
+
     try:
-        server = local_rgw()
-        rgw = server.__enter__()
+        _rgw.check_installed()
     except MissingDependencyError as exc:
         if os.environ.get("AISIO_REQUIRE_RGW") == "1":
-            pytest.fail(f"AISIO_REQUIRE_RGW=1 but {exc}")
+            pytest.fail(f"AISIO_REQUIRE_RGW=1, but {exc}")
         pytest.skip(str(exc))
-    try:
+
+
+@pytest.fixture(scope="session")
+def rgw_server() -> Iterator[Any]:
+    skip_without_ceph()
+    with local_rgw() as rgw:
         rgw.create_bucket("aisio-test")
         yield rgw
-    finally:
-        server.__exit__(None, None, None)
 
 
 BACKENDS = ["file", "s3", "rgw", "ais"]

@@ -37,13 +37,16 @@ from aisio._backends.s3 import _plain_signer
 from aisio.errors import MissingDependencyError
 from aisio.testing import _rgw, local_rgw
 
-from .conftest import Store, make_store
+from .conftest import Store, make_store, skip_without_ceph
 
 MiB = 2**20
 BUCKET = "aisio-test"
-needs_ceph = pytest.mark.skipif(bool(_rgw.missing_programs()),
-                                reason=f"needs Ceph's RADOS Gateway: as root, apt-get update && "
-                                       f"{_rgw.INSTALL}")
+
+
+@pytest.fixture
+def ceph() -> None:
+    """For tests that start gateways of their own: skips where Ceph is not installed."""
+    skip_without_ceph()
 
 
 @pytest.fixture(params=["aisio", "botocore"])
@@ -118,7 +121,7 @@ class Boom(Exception):
     pass
 
 
-@needs_ceph
+@pytest.mark.usefixtures("ceph")
 @pytest.mark.parametrize("how", ["returns", "raises"])
 def test_nothing_is_left_behind(how: str) -> None:
     with contextlib.suppress(Boom), local_rgw() as rgw:
@@ -134,7 +137,7 @@ def test_nothing_is_left_behind(how: str) -> None:
     assert not os.path.exists(root)
 
 
-@needs_ceph
+@pytest.mark.usefixtures("ceph")
 def test_nothing_is_left_behind_when_the_start_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gateway never answers: every daemon started by then is killed, the folder goes."""
     seen: list[tuple[str, list[int]]] = []
@@ -455,8 +458,7 @@ def rgw_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A second gateway that speaks only HTTPS, with a throwaway CA."""
     from .test_http import make_certs
 
-    if _rgw.missing_programs():
-        pytest.skip(f"needs Ceph's RADOS Gateway: as root, apt-get update && {_rgw.INSTALL}")
+    skip_without_ceph()
     ca, cert, key = (str(p) for p in make_certs(tmp_path_factory.mktemp("rgw-tls")))
     with local_rgw(certificate=(cert, key), ca_bundle=ca) as rgw:
         rgw.create_bucket(BUCKET)

@@ -64,7 +64,8 @@ def missing_programs() -> list[str]:
     return [p for p in _PROGRAMS if shutil.which(p) is None]
 
 
-def _check_installed() -> None:
+def check_installed() -> None:
+    """Raise MissingDependencyError naming the packages to install, if any program is missing."""
     missing = missing_programs()
     if missing:
         packages = [p for p in PACKAGES if p in {_PROGRAMS[m] for m in missing}]
@@ -259,7 +260,7 @@ def local_rgw(
     Every process started is killed and the temporary folder removed on the way out,
     whether the block returns or raises.
     """
-    _check_installed()
+    check_installed()
     root = tempfile.mkdtemp(prefix="aisio-rgw-")
     cluster = _Cluster(root)
     try:
