@@ -14,7 +14,7 @@ GiB = 2**30
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("backend", ["s3", "ais"])
+@pytest.mark.parametrize("backend", ["s3", "rgw", "ais"])
 def test_one_gib_object_read_with_get_into_is_identical(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
