@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import aisio
 from aisio._backends._sigv4 import Signer
-from aisio._backends.s3 import _plain_signer
+from aisio._backends.s3 import _addressing, _plain_signer
 
 KEYS = ["plain.txt", "a b/c+d=e", "ünï/cödé~!*'()", "a//b/../x", "x?y#z&w", "sp ace%20", "-_.~/"]
 
@@ -96,16 +96,17 @@ def options(**changes: Any) -> aisio.ClientConfig:
 @pytest.mark.parametrize(("changes", "ours"), [
     ({}, True),
     ({"endpoint_url": None}, True),  # AWS, region known
-    ({"access_key_id": None, "secret_access_key": None}, False),  # the credential chain
-    ({"unsigned": True}, False),
-    ({"requester_pays": True}, False),
-    ({"force_path_style": False}, False),  # a custom endpoint, virtual hosts: botocore's rules
+    ({"access_key_id": None, "secret_access_key": None}, True),  # the credential chain, signed here
+    ({"unsigned": True}, True),
+    ({"requester_pays": True}, True),
+    ({"force_path_style": False}, True),  # an endpoint at an IP address: path-style, as botocore's
+    ({"force_path_style": False, "endpoint_url": "http://store.example:9000"}, False),  # virtual hosts
     ({"endpoint_url": "http://127.0.0.1:9000/s3"}, False),  # an endpoint with a path
     ({"endpoint_url": None, "region": None}, False),
     ({"endpoint_url": None, "region": "cn-north-1"}, False),
 ])
-def test_aisio_signs_only_plain_set_ups(changes: dict[str, Any], ours: bool) -> None:
-    assert (_plain_signer(options(**changes)) is not None) is ours
+def test_aisio_addresses_every_plain_set_up_itself(changes: dict[str, Any], ours: bool) -> None:
+    assert (_addressing(options(**changes)) is not None) is ours
 
 
 def test_signer_repr_hides_the_keys() -> None:
