@@ -8,13 +8,13 @@ a DataLoader worker would).
 The ``rgw`` backend needs Debian's radosgw, ceph-mon and ceph-osd; without them its
 tests skip and say what to install, unless ``AISIO_REQUIRE_RGW=1`` (CI) makes that an
 error. aisio signs its GETs and HEADs on ``rgw`` itself (explicit keys, path-style
-endpoint); ``rgw-sdk`` takes the keys from the environment and leaves all signing to
-botocore, on the tests of ``SDK_SIGNED_MODULES``.
+endpoint); ``rgw-sdk`` takes the keys from the environment and names the endpoint by
+host name, a set-up aisio leaves to botocore, which signs every request; it runs the
+tests of ``SDK_SIGNED_MODULES``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import os
@@ -84,12 +84,15 @@ def rgw_server() -> Iterator[Any]:
     skip_without_ceph()
     with local_rgw() as rgw:
         rgw.create_bucket("aisio-test")
+        rgw.create_bucket(SDK_BUCKET)
         yield rgw
 
 
 BACKENDS = ["file", "s3", "rgw", "ais"]
 SDK_SIGNED_MODULES = {"test_client", "test_rgw"}
 """Test modules whose ``store`` also runs as ``rgw-sdk``: RGW with botocore's signatures."""
+SDK_BUCKET = "AisioTest"
+"""rgw-sdk's bucket: capitals make botocore address it path-style from a host name."""
 
 
 def _backend_available(name: str) -> bool:
@@ -115,14 +118,17 @@ def make_store(name: str, request: pytest.FixtureRequest, **config: Any) -> Stor
     if name == "rgw":
         rgw = request.getfixturevalue("rgw_server")
         return Store("s3", rgw.config(**config), f"s3://aisio-test/{unique}", rgw, "rgw")
-    if name == "rgw-sdk":  # keys from the environment: botocore signs every request
+    if name == "rgw-sdk":
+        # keys from the environment, the endpoint by host name and not forced path-style:
+        # a set-up aisio leaves to botocore, which signs every request
         rgw = request.getfixturevalue("rgw_server")
         monkeypatch = request.getfixturevalue("monkeypatch")
-        for var, value in rgw.env().items():
-            monkeypatch.setenv(var, value)
-        opts = dataclasses.replace(rgw.s3_options(), access_key_id=None, secret_access_key=None)
-        return Store("s3", aisio.ClientConfig(s3=opts, **config), f"s3://aisio-test/{unique}",
-                     rgw, "rgw")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw.access_key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw.secret_access_key)
+        opts = aisio.S3Options(region=rgw.region, endpoint_url=rgw.endpoint_url.replace(
+            "//127.0.0.1:", "//localhost:"))
+        return Store("s3", aisio.ClientConfig(s3=opts, **config),
+                     f"s3://{SDK_BUCKET}/{unique}", rgw, "rgw")
     ais = request.getfixturevalue("ais_server")
     cfg = aisio.ClientConfig(ais=aisio.AISOptions(endpoint=ais.endpoint), **config)
     return Store(name, cfg, f"ais://aisio-test/{unique}", ais)

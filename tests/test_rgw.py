@@ -33,7 +33,6 @@ import pytest
 import aisio
 from aisio import ReaderConstructor
 from aisio._backends._sigv4 import Signer
-from aisio._backends.s3 import _plain_signer
 from aisio.errors import MissingDependencyError
 from aisio.testing import _rgw, local_rgw
 
@@ -56,8 +55,10 @@ def rgw(request: pytest.FixtureRequest) -> Store:
                       part_size=5 * MiB)
 
 
-def key_of(url: str) -> str:
-    return url.removeprefix(f"s3://{BUCKET}/")
+def where(url: str) -> dict[str, str]:
+    """boto3's Bucket and Key of an s3:// URL."""
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    return {"Bucket": bucket, "Key": key}
 
 
 @contextlib.contextmanager
@@ -154,13 +155,39 @@ def test_nothing_is_left_behind_when_the_start_fails(monkeypatch: pytest.MonkeyP
     assert not _processes_mentioning(root) and not os.path.exists(root)
 
 
-def test_the_two_rgw_stores_exercise_both_signers(rgw: Store) -> None:
-    signer = _plain_signer(rgw.config)
+async def test_the_two_rgw_stores_exercise_both_signers(
+    rgw: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rgw: aisio signs GETs and HEADs; rgw-sdk: botocore does, keys from the environment."""
+    import botocore.auth
+
+    url = rgw.url("signer.bin")
+    async with aisio.AsyncClient(rgw.server.config()) as c:
+        await c.put(url, b"who signs")
+    signed: list[str] = []
+    v4, v2 = botocore.auth.SigV4Auth.signature, botocore.auth.HmacV1Auth.get_signature
+
+    def sigv4(self: Any, string_to_sign: str, request: Any) -> str:
+        signed.append(f"{request.method} v4")
+        return str(v4(self, string_to_sign, request))
+
+    def sigv2(self: Any, method: str, *args: Any, **kwargs: Any) -> str:
+        signed.append(f"{method} v2")
+        return str(v2(self, method, *args, **kwargs))
+
+    monkeypatch.setattr(botocore.auth.SigV4Auth, "signature", sigv4)
+    monkeypatch.setattr(botocore.auth.HmacV1Auth, "get_signature", sigv2)
+    async with aisio.AsyncClient(rgw.config) as c:
+        assert await c.get(url) == b"who signs"
+        assert (await c.head(url)).size == len(b"who signs")
     if rgw.config.s3.access_key_id:
-        assert signer is not None  # aisio signs GET and HEAD itself
+        assert signed == []
     else:
-        assert signer is None  # botocore signs, from the credential chain (the environment)
+        assert not rgw.config.s3.secret_access_key
         assert os.environ["AWS_SECRET_ACCESS_KEY"] == rgw.server.secret_access_key
+        # botocore presigns S3 GETs with SigV2 where the region allows it (us-east-1 here)
+        # unless told signature_version="s3v4"; RGW accepts both
+        assert sorted(x.split()[0] for x in signed) == ["GET", "HEAD"], signed
 
 
 # -- multipart uploads --
@@ -243,7 +270,7 @@ async def test_a_range_based_reader_sees_the_overwrite_as_object_changed(
         reader = await c.open(url, ReaderConstructor.range_based(buffer_size=buffer_size))
         assert await reader.read(10) == old[:10]
         await anyio.to_thread.run_sync(lambda: rgw.server.boto3_client().put_object(
-            Bucket=BUCKET, Key=key_of(url), Body=os.urandom(3 * MiB)))
+            **where(url), Body=os.urandom(3 * MiB)))
         reader.seek(2 * MiB)
         with pytest.raises(aisio.ObjectChangedError, match=r"swap\.bin"):
             await reader.read(10)
@@ -270,7 +297,7 @@ async def test_missing_objects_buckets_and_ranges(rgw: Store) -> None:
             await c.get(url, 200, 300)
         with pytest.raises(aisio.RangeError):  # RGW would cut it short (206 of 50 bytes)
             await c.get(url, 50, 300)
-    partial = s3.get_object(Bucket=BUCKET, Key=key_of(url), Range="bytes=50-299")
+    partial = s3.get_object(**where(url), Range="bytes=50-299")
     assert (partial["ContentRange"], partial["Body"].read()) == ("bytes 50-99/100", b"x" * 50)
 
 
@@ -295,7 +322,7 @@ async def test_wrong_credentials_are_access_denied(
     with own_boto3(rgw.server, bad_key if wrong == "key_id" else None,
                    bad_secret if wrong == "secret" else None) as s3, pytest.raises(
                        botocore.exceptions.ClientError) as raw:
-        s3.get_object(Bucket=BUCKET, Key=key_of(url))
+        s3.get_object(**where(url))
     assert error_of(raw) == (403, "SignatureDoesNotMatch" if wrong == "secret" else "InvalidAccessKeyId")
     async with aisio.AsyncClient(config) as c:
         calls = {"head": lambda: c.head(url), "get": lambda: c.get(url),
@@ -342,7 +369,7 @@ async def test_listings_page_at_1000_keys_whatever_is_asked(rgw_server: Any) -> 
         assert [i.size for i in listed] == [len(k) for k in sorted(keys)]
         shallow = [i.url async for i in c.list(prefix + "sub/", recursive=False)]
         assert shallow == [prefix + "sub/a"]
-    page = rgw_server.boto3_client().list_objects_v2(Bucket=BUCKET, Prefix=key_of(prefix),
+    page = rgw_server.boto3_client().list_objects_v2(Bucket=BUCKET, Prefix=where(prefix)["Key"],
                                                      MaxKeys=5000)
     assert (page["MaxKeys"], page["KeyCount"], page["IsTruncated"]) == (1000, 1000, True)
 
