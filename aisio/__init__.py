@@ -6,6 +6,7 @@
 
 from . import errors
 from ._bridge import Client, Reader, Writer
+from ._cache import CacheOptions
 from ._client import AsyncClient
 from ._config import AISOptions, ClientConfig, S3Options
 from ._engine import Statistics
@@ -34,6 +35,7 @@ __all__ = [
     "AsyncClient",
     "AsyncReader",
     "AsyncWriter",
+    "CacheOptions",
     "Client",
     "ClientConfig",
     "ClosedError",

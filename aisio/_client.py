@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import enum
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from ._backends import Backend, create_backend
 from ._buffers import bytes_of, fresh_bytes, writable_view
+from ._cache._backend import cache_counters
 from ._config import ClientConfig
 from ._engine import Engine, Statistics
 from ._logging import guard_sdk_loggers
@@ -52,8 +54,10 @@ class AsyncClient:
         await self.aclose()
 
     def statistics(self) -> Statistics:
-        """Requests, retries and bytes received so far."""
-        return self._engine.statistics()
+        """Requests, retries and bytes received so far; the cache's hits, misses and bytes."""
+        hits, misses, served = cache_counters(self._backends.values())
+        return dataclasses.replace(self._engine.statistics(), cache_hits=hits,
+                                   cache_misses=misses, cache_bytes=served)
 
     def backend(self, url: object) -> tuple[Location, Backend]:
         """The parsed URL and the backend that serves it."""

@@ -8,6 +8,8 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ._cache import CacheOptions
+
 __all__ = ["AISOptions", "ClientConfig", "S3Options"]
 
 MiB = 2**20
@@ -87,6 +89,8 @@ class ClientConfig:
     """PEM file of CA certificates to trust instead of the system's, for HTTPS endpoints."""
     verify_tls: bool = True
     """Verify TLS certificates; turn off only for throwaway test servers."""
+    cache: CacheOptions | None = None
+    """A local cache of object bytes shared by the node's processes; None: no cache."""
 
     def __post_init__(self) -> None:
         if self.part_size < 1:
@@ -95,15 +99,19 @@ class ClientConfig:
             raise ValueError(f"max_concurrency must be positive, got {self.max_concurrency}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.cache is not None and not isinstance(self.cache, CacheOptions):
+            raise TypeError(f"cache must be a CacheOptions or None, got {type(self.cache).__name__}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ClientConfig:
-        """Settings from AWS_* and AIS_* variables (and AISIO_* for the engine's knobs)."""
+        """Settings from AWS_* and AIS_* variables (and AISIO_* for the engine's knobs and the
+        cache: AISIO_CACHE_DIR, AISIO_CACHE_MAX_BYTES)."""
         env = os.environ if env is None else env
-        values: dict[str, object] = {"s3": S3Options.from_env(env), "ais": AISOptions.from_env(env)}
+        values: dict[str, object] = {"s3": S3Options.from_env(env), "ais": AISOptions.from_env(env),
+                                     "cache": CacheOptions.from_env(env)}
         for f in dataclasses.fields(cls):
             raw = env.get(f"AISIO_{f.name.upper()}")
-            if raw is not None and f.name not in ("s3", "ais"):
+            if raw is not None and f.name not in ("s3", "ais", "cache"):
                 values[f.name] = _parse(f.type, raw)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

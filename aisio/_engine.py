@@ -38,6 +38,12 @@ class Statistics:
     requests: int = 0
     retries: int = 0
     bytes_received: int = 0
+    cache_hits: int = 0
+    """Blocks served from the local cache (``ClientConfig.cache``)."""
+    cache_misses: int = 0
+    """Blocks (or uncached reads) the cache fetched from the store."""
+    cache_bytes: int = 0
+    """Bytes served from the local cache."""
 
 
 class Engine:

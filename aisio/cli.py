@@ -1,4 +1,5 @@
-"""The ``aisio`` command: ls, cat, cp, stat and bench over s3://, ais:// and local paths.
+"""The ``aisio`` command: ls, cat, cp, stat and bench over s3://, ais:// and local paths;
+``cache ls|du|clear`` for the local cache.
 
 Each command builds one ``AsyncClient`` and runs in one ``asyncio.run``; nothing here
 goes through the sync bridge. Settings come from ``ClientConfig.from_env()`` (AWS_*,
@@ -627,13 +628,59 @@ async def cmd_bench(client: AsyncClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_cache(client: AsyncClient, args: argparse.Namespace) -> int:
+    """``cache ls``: cached objects; ``du``: bytes on disk; ``clear``: delete every block."""
+    from ._cache._store import Store
+
+    options = client.config.cache
+    folder = args.dir or (options.dir if options is not None else None)
+    if not folder:
+        raise CommandError("no cache folder: set AISIO_CACHE_DIR or pass --dir")
+    folder = os.path.abspath(os.path.expanduser(folder))
+    store = Store(folder, options.max_bytes if options is not None else 1, 4096)
+    size = human if args.human_readable else str
+    exists = os.path.isdir(store.root)  # if not: nothing cached there, and nothing to create
+    if args.action == "clear":
+        print(f"cleared {size(store.clear() if exists else 0)} from {folder}")
+        return EXIT_OK
+    entries = store.summaries() if exists else []
+    total, blocks = store.usage() if exists else (0, 0)
+    if args.json and args.action == "ls":
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+    elif args.action == "ls":
+        for e in entries:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+            print(f"{size(e.bytes):>12} {size(e.object_size):>12}  {when}  {printable(e.url)}")
+    elif args.json:
+        limit = options.max_bytes if options is not None and options.dir == folder else None
+        print(json.dumps({"dir": folder, "bytes": total, "blocks": blocks, "objects": len(entries),
+                          "max_bytes": limit}))
+    else:
+        print(f"{size(total)}\t{folder} ({blocks} blocks of {len(entries)} objects)")
+    return EXIT_OK
+
+
+def _add_cache_command(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("cache", "inspect or empty the local cache",
+                "Show what the local cache holds (ls: cached bytes, object size, last use, URL), "
+                "the room it takes (du), or empty it (clear: blocks that running processes are "
+                "writing stay). The folder is AISIO_CACHE_DIR unless --dir names one.",
+                "  aisio cache ls\n  aisio cache du --human-readable\n"
+                "  aisio cache clear --dir /local/nvme/aisio")
+    p.add_argument("action", choices=("ls", "du", "clear"), metavar="{ls,du,clear}")
+    p.add_argument("--dir", metavar="DIR", help="the cache folder (default: AISIO_CACHE_DIR)")
+    p.add_argument("--json", action="store_true", help="print JSON (ls, du)")
+    p.add_argument("--human-readable", action="store_true", help="sizes as KiB, MiB, ...")
+
+
 # --------------------------------------------------------------------------- parser
 
 
 _COMMANDS: dict[str, Callable[[AsyncClient, argparse.Namespace], Any]] = {
     "ls": cmd_ls, "cat": cmd_cat, "cp": cmd_cp, "stat": cmd_stat, "bench": cmd_bench,
+    "cache": cmd_cache,
 }
-_WRITES_STDOUT = frozenset({"ls", "cat", "stat", "bench"})
+_WRITES_STDOUT = frozenset({"ls", "cat", "stat", "bench", "cache"})
 
 _EPILOG = """\
 URLs: s3://bucket/key, ais://bucket/object (ais://bucket/key?provider=aws for a bucket
@@ -745,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-objects", type=_positive_int, default=10_000, metavar="N",
                    help="objects taken from a prefix (default: 10000)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_cache_command(command)
     return parser
 
 

@@ -9,7 +9,16 @@ __all__ = ["Backend", "Body", "Upload", "create_backend"]
 
 
 def create_backend(scheme: str, config: ClientConfig) -> Backend:
-    """A new backend for ``scheme`` (``s3``, ``ais`` or ``file``)."""
+    """A new backend for ``scheme`` (``s3``, ``ais`` or ``file``), behind the cache if one is set."""
+    backend = _create_backend(scheme, config)
+    if config.cache is None:
+        return backend
+    from .._cache._backend import CachingBackend
+
+    return CachingBackend(backend, config.cache, patience=config.read_timeout)
+
+
+def _create_backend(scheme: str, config: ClientConfig) -> Backend:
     if scheme == "file":
         from .file import FileBackend
 
