@@ -85,6 +85,9 @@ class ClientConfig:
     """First retry delay in seconds; doubles each attempt, with full jitter."""
     backoff_max: float = 20.0
     """Cap on one retry delay."""
+    throttle_timeout: float = 300.0
+    """Seconds a request the store throttles (503 SlowDown, 429) keeps retrying, paced down,
+    before TransientError; throttles do not use up ``max_attempts``."""
     ca_bundle: str | None = None
     """PEM file of CA certificates to trust instead of the system's, for HTTPS endpoints."""
     verify_tls: bool = True

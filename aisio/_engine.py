@@ -8,6 +8,7 @@ first response, so a retried read never refetches bytes nor mixes object version
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -17,8 +18,9 @@ import anyio.abc
 
 from ._backends._base import Backend, Body, HTTPBody
 from ._config import NEAR, ClientConfig
+from ._pace import Pace
 from ._planner import Span, coalesce, split
-from ._retry import RetryPolicy, is_transient, naming, retry_after_of
+from ._retry import RetryPolicy, is_throttle, is_transient, naming, retry_after_of
 from ._slots import Slots
 from ._url import Location, redact
 from .errors import ObjectChangedError, ObjectNotFoundError, RangeError, TransientError
@@ -44,6 +46,8 @@ class Statistics:
     """Blocks (or uncached reads) the cache fetched from the store."""
     cache_bytes: int = 0
     """Bytes served from the local cache."""
+    throttled: int = 0
+    """Responses that refused a GET for the store's rate (503 SlowDown, 429); paced and retried."""
 
 
 class Engine:
@@ -57,15 +61,25 @@ class Engine:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
-        self.policy = RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max)
+        self.policy = RetryPolicy.of(config)
         self.limiter = Slots(config.max_concurrency)
         self._sleep = sleep
         self._rand = rand
         self._requests = self._retries = self._bytes = 0
         self._latency: dict[tuple[int, str], float] = {}  # (backend, bucket) -> last probe's wait
+        self._paces: dict[tuple[int, str], Pace] = {}  # (backend, bucket) -> its request rate
+        self._throttled = 0
+
+    def pace(self, backend: Backend, bucket: str) -> Pace:
+        """The request rate for one bucket of one backend (unlimited until it throttles)."""
+        key = (id(backend), bucket)
+        pace = self._paces.get(key)
+        if pace is None:
+            pace = self._paces[key] = Pace()
+        return pace
 
     def statistics(self) -> Statistics:
-        return Statistics(self._requests, self._retries, self._bytes)
+        return Statistics(self._requests, self._retries, self._bytes, throttled=self._throttled)
 
     def stream(
         self, backend: Backend, loc: Location, start: int = 0, end: int | None = None,
@@ -309,7 +323,10 @@ class Stream:
         self.latency = 0.0  # seconds the last response head took (Body.latency)
         self._body: Body | None = None
         self._failures = 0
+        self._throttles = 0
+        self._first_throttle = 0.0
         self._opened_at = start  # position when the current response began
+        self._pace = engine.pace(backend, loc.bucket)
 
     async def __aenter__(self) -> Stream:
         return self
@@ -345,8 +362,10 @@ class Stream:
             try:
                 if self._body is None:
                     engine._requests += 1
+                    await self._pace.take(engine._sleep)
                     self._body = body = await self._backend.open_body(
                         self.loc, self.position, self.end, etag=self.etag)
+                    self._pace.succeeded()
                     self._opened_at = self.position
                     self.latency = body.latency
                     if self.etag is None:
@@ -373,6 +392,8 @@ class Stream:
                 await self.aclose()
                 if isinstance(exc, ObjectNotFoundError) and self.etag is not None:
                     raise  # the object vanished mid-read: no retry can help
+                if is_throttle(exc) and await self._slowed_down(exc):
+                    continue
                 self._failures += 1
                 if not is_transient(exc):
                     renamed = naming(exc, self.loc.url)
@@ -395,6 +416,20 @@ class Stream:
             if n == 0 or self.position >= (self.object_size if self.end is None else self.end):
                 await self.aclose()  # the range is done: free its connection now
             return n
+
+    async def _slowed_down(self, exc: Exception) -> bool:
+        """After a throttle: pace this bucket down and wait; False once throttle_timeout is over."""
+        engine = self._engine
+        now = time.monotonic()
+        self._first_throttle = self._first_throttle or now
+        if now - self._first_throttle >= engine.policy.throttle_timeout:
+            return False
+        self._pace.throttled()
+        self._throttles += 1
+        engine._retries += 1
+        engine._throttled += 1
+        await engine._sleep(engine.policy.delay(self._throttles, retry_after_of(exc), engine._rand))
+        return True
 
     def _asked(self) -> int:
         """Bytes the current response was asked for."""

@@ -9,18 +9,26 @@ from __future__ import annotations
 import copy
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._url import redact
 from .errors import AisioError, RequestError
 
-__all__ = ["RETRYABLE_STATUS", "RetryPolicy", "is_transient", "naming", "retry_after_of", "retrying"]
+__all__ = ["RETRYABLE_STATUS", "THROTTLE_STATUS", "RetryPolicy", "is_throttle", "is_transient", "naming",
+           "retry_after_of", "retrying"]
 
 T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+THROTTLE_STATUS = frozenset({429, 503})
+
+
+def is_throttle(exc: BaseException) -> bool:
+    """True when the store refused a request for its rate (503 SlowDown, 429): slow down."""
+    return isinstance(exc, RequestError) and exc.status in THROTTLE_STATUS
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -57,11 +65,23 @@ def naming(exc: BaseException, url: str) -> BaseException:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Full-jitter exponential backoff, capped, and at least what Retry-After asks."""
+    """Full-jitter exponential backoff, capped, and at least what Retry-After asks.
+
+    Throttles do not use up ``max_attempts``: a request the store refused for its rate
+    is retried, slowed down, until ``throttle_timeout`` seconds have passed since its first
+    throttle. A throttled read slows down; it does not fail.
+    """
 
     max_attempts: int = 5
     base: float = 0.1
     cap: float = 20.0
+    throttle_timeout: float = 300.0
+
+    @classmethod
+    def of(cls, config: Any) -> RetryPolicy:
+        """The policy a ClientConfig asks for."""
+        return cls(config.max_attempts, config.backoff_base, config.backoff_max,
+                   config.throttle_timeout)
 
     def delay(self, attempt: int, retry_after: float | None = None,
               rand: Callable[[], float] = random.random) -> float:
@@ -87,11 +107,19 @@ async def retrying(
     """Await ``fn()`` until it succeeds, fails for good, or ``policy.max_attempts`` run out."""
     from .errors import TransientError
 
-    attempt = 0
+    attempt = throttles = 0
+    first_throttle = 0.0
     while True:
         try:
             return await fn()
         except Exception as exc:
+            if is_throttle(exc):
+                now = time.monotonic()
+                first_throttle = first_throttle or now
+                if now - first_throttle < policy.throttle_timeout:
+                    throttles += 1
+                    await sleep(policy.delay(throttles, retry_after_of(exc)))
+                    continue
             attempt += 1
             if not is_transient(exc):
                 renamed = naming(exc, url)

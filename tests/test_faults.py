@@ -34,8 +34,10 @@ from .shards import tar_bytes
 
 KiB, MiB = 2**10, 2**20
 BUCKET = "aisio-test"
+# throttle_timeout=0: a 503 here is one more fault that uses up attempts (a persistent one
+# must end in TransientError); test_throttle.py proves that throttled reads slow down instead
 FAST = dict(part_size=256 * KiB, max_concurrency=16, max_attempts=6, read_timeout=1.0,
-            connect_timeout=2.0, backoff_base=0.01, backoff_max=0.05)
+            connect_timeout=2.0, backoff_base=0.01, backoff_max=0.05, throttle_timeout=0.0)
 FIGURES: dict[str, Any] = {}
 """What the fault tests measured, printed at the end of each (``pytest -s`` shows them)."""
 

@@ -182,7 +182,7 @@ class AISBackend:
         self._token = config.ais.token
         self._page_size = page_size
         self._cache_targets = cache_targets
-        self._policy = RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max)
+        self._policy = RetryPolicy.of(config)
         endpoint = (config.ais.endpoint or "").strip().rstrip("/")
         if endpoint and "://" not in endpoint:
             endpoint = "http://" + endpoint

@@ -137,7 +137,7 @@ class S3Backend:
     def __init__(self, config: ClientConfig) -> None:
         self._config = config
         opts = config.s3
-        self._policy = RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max)
+        self._policy = RetryPolicy.of(config)
         self._pool = _http.HTTPPool(
             max_connections_per_host=config.max_concurrency,
             connect_timeout=config.connect_timeout,
