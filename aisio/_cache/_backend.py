@@ -246,8 +246,12 @@ class _CachedBody:
         if size > self._owner.options.max_bytes:
             self.bypass = True
             self._release()
-        elif size == 0 and self._holds(0):  # nothing to fetch: store the empty object's block now
-            await self._commit(0, memoryview(b""))
+        elif size == 0 and self._pending is not None:  # the empty object's block answered
+            self._owner.hits += 1
+        elif size == 0 and self._inner is not None:  # nothing to fetch: store its block now
+            self._owner.misses += 1
+            if self._holds(0):
+                await self._commit(0, memoryview(b""))
             self._release()
 
     async def _size_of(self, index: int) -> int:
