@@ -218,7 +218,7 @@ def _from_aistore_sdk(obj: object) -> str:
 _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|Expires|token|sig|se|sp|sv)=)[^&#\s]*"
 )
-_USERINFO = re.compile(r"(://)[^/@\s]*@")
+_USERINFO = re.compile(r"(://)(?:[^/@\s]*|[^/@:\s]*:[^@\s]*)@")  # user:secret@, '/' in it too
 # header values in logged requests: X-Amz-Security-Token: b'...', 'Authorization': '...'
 _SECRET_HEADER = re.compile(
     r"(?i)((?:x-amz-security-token|authorization|x-amz-server-side-encryption-customer-key)"

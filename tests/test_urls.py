@@ -124,3 +124,12 @@ def test_non_utf8_file_names_have_urls_that_parse_back(tmp_path: Path) -> None:
         f.write(b"bytes")
     with aisio.Client() as client:
         assert client.get(url) == b"bytes"
+
+
+@pytest.mark.parametrize("text", ["s3://AKID:se/cr+et@bucket/key", "unsupported ftp://u:pa/ss@host/x",
+                                  "http://user:p@ss/w@rd@h/x"])
+def test_redact_strips_credentials_with_slashes_in_them(text: str) -> None:
+    from aisio._url import redact
+
+    cleaned = redact(text)
+    assert "se/cr+et" not in cleaned and "pa/ss" not in cleaned and "p@ss" not in cleaned
