@@ -28,6 +28,7 @@ Settings that matter, found the hard way:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -221,6 +222,7 @@ class _Cluster:
             proc.wait()
 
 
+@functools.cache
 def _version() -> tuple[int, ...]:
     out = subprocess.run(["radosgw", "--version"], capture_output=True, text=True, timeout=30,
                          check=False).stdout
