@@ -24,7 +24,6 @@ import contextlib
 import io
 import math
 import os
-import random
 import sys
 import threading
 from collections.abc import (
@@ -44,14 +43,19 @@ import torch.utils.data
 
 from .. import _bridge
 from .._bridge import Client, Reader, run
+from .._buffers import bytes_of, fresh_bytes
 from .._client import AsyncClient
 from .._config import ClientConfig
 from .._engine import Stream, _first_error
 from .._readers import AsyncReader, ReaderConstructor
 from .._types import ObjectInfo
 from .._url import Location, parse_url
-from ..errors import InvalidURLError
+from ..errors import InvalidURLError, ObjectChangedError
+from ._listing import Listings
+from ._manifest import Manifest, load_manifest
+from ._order import Deal, Position, order_of
 from ._progress import Progress
+from ._resume import Pass, Settings, check_state, fingerprint
 
 if TYPE_CHECKING:
     from .._backends import Backend
@@ -224,8 +228,12 @@ class _EtlBackend:
         return await self._inner.open_body(loc, start, end, etag=etag, etl_name=self._etl_name)
 
 
-def open_stream(aclient: AsyncClient, url: str, etl_name: str | None = None) -> Stream:
-    """A resumable GET of the whole object (``etl_name``: its ETL output; ais:// only)."""
+def open_stream(aclient: AsyncClient, url: str, etl_name: str | None = None, *,
+                etag: str | None = None) -> Stream:
+    """A resumable GET of the whole object (``etl_name``: its ETL output; ais:// only).
+
+    ``etag``: pinned to that version (``ObjectChangedError`` if the object has another).
+    """
     loc, backend = aclient.backend(url)
     if loc.is_prefix:
         raise InvalidURLError(f"URL names a prefix, not an object: {loc.url}", url=loc.url)
@@ -237,13 +245,24 @@ def open_stream(aclient: AsyncClient, url: str, etl_name: str | None = None) -> 
                 f"etl_name needs ais:// URLs (an ETL runs on an AIStore cluster): {loc.url}",
                 url=loc.url)
         backend = cast("Backend", _EtlBackend(backend, etl_name))
-    return aclient._engine.stream(backend, loc)
+        etag = None  # an ETL's output is not the object's version
+    return aclient._engine.stream(backend, loc, etag=etag)
 
 
-async def read_object(aclient: AsyncClient, url: str, etl_name: str | None = None) -> bytes:
-    """The whole object: parts in parallel, or one resumable GET of the ETL's output."""
+async def read_object(aclient: AsyncClient, url: str, etl_name: str | None = None, *,
+                      etag: str | None = None) -> bytes:
+    """The whole object: parts in parallel, or one resumable GET of the ETL's output.
+
+    ``etag``: the read is pinned to that version (``ObjectChangedError`` otherwise).
+    """
     if not etl_name:
-        return await aclient.get(url)
+        if etag is None:
+            return await aclient.get(url)
+        loc, backend = aclient.backend(url)
+        if loc.is_prefix:
+            raise InvalidURLError(f"URL names a prefix, not an object: {loc.url}", url=loc.url)
+        view, _, _ = await aclient._engine.read(backend, loc, etag=etag, alloc=fresh_bytes)
+        return bytes_of(view)
     async with open_stream(aclient, url, etl_name) as stream:
         await stream.open()  # the first response tells the size of the ETL's output
         buf = bytearray(max(stream.object_size, 0))
@@ -313,39 +332,52 @@ def resolve_shard(by_rank: bool, by_worker: bool, rank: int | None = None,
     return Shard(r, w, worker, workers)
 
 
-async def select(infos: AsyncGenerator[T], shard: Shard, shuffle: bool, seed: int,
-                 epoch: int) -> AsyncGenerator[T]:
-    """The items of ``shard``, after a permutation seeded by (seed, epoch) if ``shuffle``."""
+async def collect(infos: AsyncGenerator[ObjectInfo]) -> list[ObjectInfo]:
+    """Every item of a listing."""
     async with contextlib.aclosing(infos):
-        if shuffle:
-            every = [info async for info in infos]
-            random.Random(f"aisio:{seed}:{epoch}").shuffle(every)
-            for i, info in enumerate(every):
-                if shard.keeps(i):
-                    yield info
-            return
-        i = 0
-        async for info in infos:
-            if shard.keeps(i):
-                yield info
-            i += 1
+        return [info async for info in infos]
+
+
+def changed_since(info: ObjectInfo, manifest: str, exc: ObjectChangedError) -> ObjectChangedError:
+    """The error for an object whose ETag is not the one its manifest recorded."""
+    err = ObjectChangedError(
+        f"{info.url} changed since the manifest {manifest} was written (the manifest has "
+        f"ETag {info.etag}); write the manifest again, or read without it", url=info.url)
+    err.__cause__ = exc
+    return err
 
 
 class _Epochs:
-    """``set_epoch`` plus a count of passes, so each pass of a persistent worker differs.
+    """Epochs, and the resumable state of passes (torchdata's ``Stateful`` protocol).
 
+    ``set_epoch`` plus a count of passes, so each pass of a persistent worker differs.
     Pickling (how spawned DataLoader workers get the dataset) also pins the rank and world
     size of an initialized ``torch.distributed``, which a spawned worker does not have.
+
+    A pass is the iteration of the dataset in one process; ``state_dict()`` is how far the
+    current one got (or, before one starts, where the next one starts), and
+    ``load_state_dict(state)`` makes the next pass resume there.
     """
 
+    _kind = "IterableDataset"
     _epoch = 0
     _passes = 0
     shard_by_rank = False
+    shard_by_worker = False
     rank: int | None = None
     world_size: int | None = None
+    seed = 0
+    shuffle = False
+    shuffle_buffer = 0
+    resampled = False
+    drop_last = False
+    _pending: dict[str, Any] | None = None
+    _pass: Pass | None = None
+    _sources = 1
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
+        state.pop("_pass", None)  # a pass belongs to the process that runs it
         if self.shard_by_rank and (self.rank is None or self.world_size is None):
             import torch.distributed as dist
 
@@ -354,19 +386,75 @@ class _Epochs:
                                                                          self.world_size)
         return state
 
+    def _check_options(self) -> None:
+        if self.shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be 0 or more, got {self.shuffle_buffer}")
+
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (shuffle order is a function of seed and epoch).
 
         Without calls the epochs count up with each pass over this object; in DataLoader
         workers that is each pass of a persistent worker. Call it before each epoch when
         workers are not persistent (they start from the main process's copy each time).
+        A state restored with ``load_state_dict`` resumes its own epoch; ``set_epoch`` to
+        another epoch after it drops it.
         """
+        if self._pending is not None and int(self._pending["epoch"]) != int(epoch):
+            self._pending = None
         self._epoch, self._passes = int(epoch), 0
 
     def _next_epoch(self) -> int:
         epoch = self._epoch + self._passes
         self._passes += 1
         return epoch
+
+    def _settings(self) -> Settings:
+        return Settings(int(self.seed), bool(self.shuffle), int(self.shuffle_buffer),
+                        bool(self.resampled), bool(self.drop_last))
+
+    def _slot(self) -> Shard:
+        """The slot (rank, worker) a pass started here now would read."""
+        return resolve_shard(self.shard_by_rank, self.shard_by_worker, self.rank,
+                             self.world_size)
+
+    def _begin(self, shard: Shard) -> Pass:
+        """Start a pass: the restored state's, or the next epoch's from its start."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            epoch = self._next_epoch()
+            run_ = Pass(self._kind, self._settings(), epoch, shard,
+                        [Position() for _ in range(self._sources)], self._sources)
+        else:
+            run_ = Pass.restore(pending, self._kind, self._settings(), shard, self._sources)
+            self._epoch, self._passes = run_.epoch, 1
+        self._pass = run_
+        return run_
+
+    def state_dict(self) -> dict[str, Any]:
+        """How far the current pass got; before a pass, where the next one will start.
+
+        Under ``torchdata.stateful_dataloader.StatefulDataLoader`` each worker's copy
+        reports its own pass, and the loader's ``state_dict()`` holds them all.
+        """
+        if self._pass is not None:
+            return self._pass.state()
+        if self._pending is not None:
+            return dict(self._pending)
+        return Pass(self._kind, self._settings(), self._epoch + self._passes, self._slot(),
+                    [Position() for _ in range(self._sources)], self._sources).state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next pass resume where ``state`` was saved.
+
+        ``state`` is a ``state_dict()`` of this slot (what ``StatefulDataLoader`` hands
+        each worker back), or the merged state of a whole run from
+        ``aisio.torch.elastic_state``, which resumes under any layout.
+        """
+        check_state(state, self._kind)
+        self._settings().check(state, self._kind)
+        self._pending = dict(state)
+        self._pass = None
+        self._epoch, self._passes = int(state["epoch"]), 0
 
 
 # --- moving items from the loop thread to the sync iterator -------------------------------------
@@ -517,18 +605,50 @@ class _ObjectSet:
         self.etl_name = etl_name
         self._entries: list[Entry] = [(_url_text(u), True) for u in _as_urls(prefixes)]
         self._entries += [(_url_text(u), False) for u in _as_urls(urls)]
+        self._listings = Listings(self)
+        self._manifest: Manifest | None = None
 
     @property
     def client(self) -> Client:
         """This process's client for the dataset's config."""
         return client_for(self.config)
 
+    @property
+    def manifest_url(self) -> str | None:
+        """The manifest the dataset was built from (its reads are pinned to its ETags)."""
+        return self._manifest.url if self._manifest is not None else None
+
+    def _use_manifest(self, url: str) -> None:
+        self._manifest = load_manifest(url, self.config)
+        self._entries = []
+
+    def _listed(self, aclient: AsyncClient, entries: list[Entry],
+                lister: Callable[[], AsyncGenerator[ObjectInfo]] | None = None) -> Manifest:
+        """The listing of ``entries``: the manifest's, or made once and shared (``Listings``)."""
+        if self._manifest is not None:
+            return self._manifest
+
+        def make() -> Manifest:
+            infos = lister() if lister is not None else list_entries(aclient, entries)
+            return Manifest("", run(collect, infos))
+
+        return self._listings.get(repr(entries), make)
+
     async def _load(self, aclient: AsyncClient, info: ObjectInfo) -> Payload:
         """Runs on the loop thread: the object's bytes, or an open lazy reader."""
-        if self.reader_constructor is not None:
-            known = info if info.size >= 0 else None
-            return await aclient.open(info.url, self.reader_constructor, info=known)
-        return await read_object(aclient, info.url, self.etl_name)
+        manifest = self.manifest_url if not self.etl_name else None
+        try:
+            if self.reader_constructor is not None:
+                known = info if info.size >= 0 else None
+                if manifest is None and known is not None:
+                    known = ObjectInfo(info.url, info.size)  # only a manifest pins versions
+                return await aclient.open(info.url, self.reader_constructor, info=known)
+            return await read_object(aclient, info.url, self.etl_name,
+                                     etag=info.etag if manifest else None)
+        except ObjectChangedError as exc:
+            if manifest is None or info.etag is None:
+                raise
+            raise changed_since(info, manifest, exc) from exc
 
     def _item(self, info: ObjectInfo, payload: Payload) -> Any:
         """Runs in the consumer: the dataset item made from one loaded object."""
@@ -544,7 +664,8 @@ class MapDataset(_ObjectSet, torch.utils.data.Dataset[Any]):
     """Objects by index; ``__getitems__`` fetches a DataLoader batch concurrently.
 
     The listing is made on first use (``len``, an index, ``object_infos``) and kept, so a
-    DataLoader's workers receive it with the dataset when the main process listed first.
+    DataLoader's workers receive it with the dataset when the main process listed first
+    (when they list, the first lists for all; see ``from_manifest`` to list never).
     Items are ``(url, bytes)``, or ``transform(reader)``; with a ``reader_constructor``
     the transform gets a lazy reader of that kind instead of prefetched bytes.
     """
@@ -572,6 +693,22 @@ class MapDataset(_ObjectSet, torch.utils.data.Dataset[Any]):
         return cls((), urls, transform=transform, config=config,
                    reader_constructor=reader_constructor)
 
+    @classmethod
+    def from_manifest(cls, url: str, transform: Transform | None = None,
+                      config: ClientConfig | None = None, *,
+                      reader_constructor: ReaderConstructor | None = None) -> MapDataset:
+        """The objects of a manifest (``aisio manifest``), read now with one GET; never lists.
+
+        Reads are pinned to the manifest's ETags: an object changed since it was written
+        raises ``ObjectChangedError`` naming the object and the manifest.
+        """
+        ds = cls((), (), transform=transform, config=config,
+                 reader_constructor=reader_constructor)
+        ds._use_manifest(url)
+        assert ds._manifest is not None
+        ds._infos = list(ds._manifest.infos)
+        return ds
+
     def __repr__(self) -> str:
         count = "unlisted" if self._infos is None else f"{len(self._infos)} objects"
         return f"<{type(self).__name__} {count}>"
@@ -579,13 +716,7 @@ class MapDataset(_ObjectSet, torch.utils.data.Dataset[Any]):
     def object_infos(self) -> list[ObjectInfo]:
         """The listing (made once, then kept); size -1 for objects named by URL."""
         if self._infos is None:
-            aclient = self.client.aclient
-            entries = list(self._entries)
-
-            async def listing() -> list[ObjectInfo]:
-                return [info async for info in list_entries(aclient, entries)]
-
-            self._infos = run(listing)
+            self._infos = list(self._listed(self.client.aclient, list(self._entries)).infos)
         return self._infos
 
     def sizes(self) -> list[int]:
@@ -614,17 +745,30 @@ class MapDataset(_ObjectSet, torch.utils.data.Dataset[Any]):
         return [self._item(info, p) for info, p in zip(infos, payloads, strict=True)]
 
 
-class IterableDataset(_ObjectSet, _Epochs, torch.utils.data.IterableDataset[Any]):
-    """Objects streamed in listing order with ``prefetch`` in flight, sharded by rank and worker.
+async def _aiter(items: Iterable[T]) -> AsyncGenerator[T]:
+    for item in items:
+        yield item
 
-    ``prefixes`` are listed (raw string prefixes, recursively), lazily and again each pass;
-    ``urls`` name objects. Items are ``(url, bytes)``, or ``transform(reader)``.
-    ``shard_by_rank`` / ``shard_by_worker``: keep only this rank's / DataLoader worker's
-    share (each object is then read once per epoch across all of them). ``shuffle``: each
-    pass lists everything first and permutes it by ``(seed, epoch)`` (see ``set_epoch``).
-    ``rank`` and ``world_size`` default to ``torch.distributed``'s, read when a pass
-    starts. ``reader_constructor``: the transform gets a lazy reader of that kind instead
-    of prefetched bytes. ``etl_name``: read each object through that AIS ETL (ais:// only).
+
+class IterableDataset(_ObjectSet, _Epochs, torch.utils.data.IterableDataset[Any]):
+    """Objects streamed in an epoch's order with ``prefetch`` in flight, sharded by rank and worker.
+
+    ``prefixes`` are listed (raw string prefixes, recursively) once, when first needed, and
+    the listing is kept (shared by the DataLoader workers); ``urls`` name objects; see
+    ``from_manifest`` to list never. Items are ``(url, bytes)``, or ``transform(reader)``.
+
+    The epoch's order is fixed by ``(seed, epoch)``: the listing order, permuted with
+    ``shuffle``, then mixed by a seeded buffer of ``shuffle_buffer`` positions; with
+    ``resampled`` an endless run of objects drawn with replacement. Entry ``q`` of the order
+    goes to rank ``q % world_size``, then worker ``(q // world_size) % num_workers``
+    (``shard_by_rank`` / ``shard_by_worker`` turn either split off), so each object is read
+    once per epoch across all of them. ``drop_last``: the order is cut to a multiple of the
+    world size, so every rank gets the same number of objects. ``rank`` and ``world_size``
+    default to ``torch.distributed``'s, read when a pass starts.
+
+    ``state_dict()`` / ``load_state_dict()`` follow torchdata's ``Stateful`` protocol.
+    ``reader_constructor``: the transform gets a lazy reader of that kind instead of
+    prefetched bytes. ``etl_name``: read each object through that AIS ETL (ais:// only).
     ``show_progress``: a tqdm bar of objects and bytes on stderr.
     """
 
@@ -633,6 +777,7 @@ class IterableDataset(_ObjectSet, _Epochs, torch.utils.data.IterableDataset[Any]
                  reader_constructor: ReaderConstructor | None = None,
                  etl_name: str | None = None, shard_by_rank: bool = True,
                  shard_by_worker: bool = True, shuffle: bool = False, seed: int = 0,
+                 shuffle_buffer: int = 0, resampled: bool = False, drop_last: bool = False,
                  prefetch: int = 16, rank: int | None = None, world_size: int | None = None,
                  show_progress: bool = False) -> None:
         super().__init__(prefixes, urls, transform=transform, config=config,
@@ -641,18 +786,21 @@ class IterableDataset(_ObjectSet, _Epochs, torch.utils.data.IterableDataset[Any]
             raise ValueError(f"prefetch must be at least 1, got {prefetch}")
         self.shard_by_rank, self.shard_by_worker = shard_by_rank, shard_by_worker
         self.shuffle, self.seed, self.prefetch = shuffle, seed, prefetch
+        self.shuffle_buffer, self.resampled, self.drop_last = shuffle_buffer, resampled, drop_last
         self.rank, self.world_size = rank, world_size
         self.show_progress = show_progress
+        self._check_options()
 
     @classmethod
     def from_prefix(cls, url: str | Iterable[str], transform: Transform | None = None,
                     config: ClientConfig | None = None, shard_by_rank: bool = True,
                     shard_by_worker: bool = True, shuffle: bool = False, seed: int = 0,
                     **options: Any) -> IterableDataset:
-        """Every object under ``url`` (one prefix or several), listed page by page.
+        """Every object under ``url`` (one prefix or several), listed once when first needed.
 
-        ``options``: ``reader_constructor``, ``prefetch`` (objects in flight, 16),
-        ``rank``, ``world_size``, ``show_progress``, ``etl_name`` (see the class).
+        ``options``: ``shuffle_buffer``, ``resampled``, ``drop_last``, ``reader_constructor``,
+        ``prefetch`` (objects in flight, 16), ``rank``, ``world_size``, ``show_progress``,
+        ``etl_name`` (see the class).
         """
         return cls(url, transform=transform, config=config, shard_by_rank=shard_by_rank,
                    shard_by_worker=shard_by_worker, shuffle=shuffle, seed=seed, **options)
@@ -666,7 +814,24 @@ class IterableDataset(_ObjectSet, _Epochs, torch.utils.data.IterableDataset[Any]
         return cls((), urls, transform=transform, config=config, shard_by_rank=shard_by_rank,
                    shard_by_worker=shard_by_worker, shuffle=shuffle, seed=seed, **options)
 
+    @classmethod
+    def from_manifest(cls, url: str, transform: Transform | None = None,
+                      config: ClientConfig | None = None, shard_by_rank: bool = True,
+                      shard_by_worker: bool = True, shuffle: bool = False, seed: int = 0,
+                      **options: Any) -> IterableDataset:
+        """The objects of a manifest (``aisio manifest``), read now with one GET; never lists.
+
+        ``len()`` is known at once. Reads are pinned to the manifest's ETags: an object
+        changed since it was written raises ``ObjectChangedError`` naming it and the manifest.
+        """
+        ds = cls((), (), transform=transform, config=config, shard_by_rank=shard_by_rank,
+                 shard_by_worker=shard_by_worker, shuffle=shuffle, seed=seed, **options)
+        ds._use_manifest(url)
+        return ds
+
     def __repr__(self) -> str:
+        if self._manifest is not None:
+            return f"<{type(self).__name__} {len(self._manifest)} objects from {self._manifest.url}>"
         return f"<{type(self).__name__} {len(self._entries)} sources>"
 
     def _plan(self) -> tuple[list[Entry], Shard]:
@@ -675,24 +840,66 @@ class IterableDataset(_ObjectSet, _Epochs, torch.utils.data.IterableDataset[Any]
                               self.world_size)
         return list(self._entries), shard
 
+    def _slot(self) -> Shard:
+        return self._plan()[1]
+
     def _infos(self, aclient: AsyncClient, entries: list[Entry]) -> AsyncGenerator[ObjectInfo]:
         return list_entries(aclient, entries)
+
+    def _listing(self, aclient: AsyncClient, entries: list[Entry]) -> Manifest:
+        return self._listed(aclient, entries, partial(self._infos, aclient, entries))
 
     def _progress_title(self) -> str:
         return type(self).__name__
 
+    def __len__(self) -> int:
+        """Objects this rank reads in an epoch (all its workers together); known at once
+        from a manifest, else from the listing (made now if need be)."""
+        if self.resampled:
+            raise TypeError(f"a resampled {type(self).__name__} is endless: it has no len()")
+        entries, _ = self._plan()
+        count = len(self._listing(self.client.aclient, entries).infos)
+        rank, world = (rank_and_world_size(self.rank, self.world_size) if self.shard_by_rank
+                       else (0, 1))
+        deal = Deal(Position(), count, world, 1, world if self.drop_last else 0)
+        return deal.count(rank, 0)
+
     def __iter__(self) -> Iterator[Any]:
-        epoch = self._next_epoch()
         entries, shard = self._plan()
+        return self._run(self._begin(shard), entries)
+
+    def _deal(self, state: Pass, count: int) -> Deal:
+        """The rest of the epoch dealt out to the layout of ``state`` (drop_last: by rank)."""
+        shard = state.shard
+        total = None if self.resampled else count
+        group = shard.world_size if self.drop_last and not self.resampled else 0
+        deal = Deal(state.base[0], total, shard.world_size, shard.num_workers, group)
+        state.kept = deal.kept
+        return deal
+
+    def _run(self, state: Pass, entries: list[Entry]) -> Iterator[Any]:
         aclient = self.client.aclient
+        listing = self._listing(aclient, entries)
+        infos = listing.infos
+        state.check_listing([len(infos)], [fingerprint(info.url for info in infos)],
+                            self._what(entries))
+        if not infos:
+            return
+        unit = order_of(len(infos), self.seed, state.epoch, shuffle=self.shuffle,
+                        buffer=self.shuffle_buffer, resampled=self.resampled)
+        deal, shard, first = self._deal(state, len(infos)), state.shard, state.cursor[0][0]
+
+        def mine() -> Iterator[ObjectInfo]:
+            j = first
+            while (entry := deal.entry(shard.rank, shard.worker, j)) is not None:
+                yield infos[unit(entry[0])]
+                j += 1
 
         async def produce(emit: Callable[[tuple[ObjectInfo, Payload]], Awaitable[None]]) -> None:
-            infos = select(self._infos(aclient, entries), shard, self.shuffle, self.seed, epoch)
-
             async def load(info: ObjectInfo) -> tuple[ObjectInfo, Payload]:
                 return info, await self._load(aclient, info)
 
-            await ordered_map(infos, load, self.prefetch, emit)
+            await ordered_map(_aiter(mine()), load, self.prefetch, emit)
 
         pipe = Pipe(produce, self.prefetch)
         progress = Progress(self._progress_title(), enabled=self.show_progress)
@@ -700,7 +907,16 @@ class IterableDataset(_ObjectSet, _Epochs, torch.utils.data.IterableDataset[Any]
             for info, payload in pipe:
                 size = len(payload) if isinstance(payload, bytes) else max(payload.size, 0)
                 progress.update(size)
-                yield self._item(info, payload)
+                item = self._item(info, payload)
+                state.cursor[0][0] += 1
+                state.yielded += 1
+                yield item
         finally:
             pipe.close()
             progress.close()
+
+    def _what(self, entries: list[Entry]) -> str:
+        if self._manifest is not None:
+            return f"the manifest {self._manifest.url}"
+        return "the listing of " + ", ".join(url for url, _ in entries[:3]) + (
+            ", ..." if len(entries) > 3 else "")
