@@ -343,3 +343,23 @@ def test_the_cache_command_lists_sizes_and_clears(tmp_path: Any, capsys: Any, no
     assert "AISIO_CACHE_DIR" in capsys.readouterr().err
     assert main(["cache", "du", "--dir", str(tmp_path / "none")]) == 0
     assert capsys.readouterr().out.startswith("0\t") and not (tmp_path / "none").exists()
+
+
+def test_the_cache_runs_under_trio(tmp_path: Any) -> None:
+    trio = pytest.importorskip("trio")
+    if tuple(int(p) for p in trio.__version__.split(".")[:2]) < (0, 32):
+        pytest.skip(f"anyio's trio backend needs trio >= 0.32, found {trio.__version__}")
+    data = payload(5 * 2**20 // 2, 13)  # blocks of 1 MiB: read and checked in worker threads
+    (tmp_path / "t.bin").write_bytes(data)
+    options = aisio.CacheOptions(str(tmp_path / "cache"), block_size=2**20)
+    config = aisio.ClientConfig(part_size=2**20, cache=options)
+
+    async def main() -> None:
+        async with aisio.AsyncClient(config) as c:
+            assert await c.get(str(tmp_path / "t.bin")) == data
+            assert await c.get(str(tmp_path / "t.bin")) == data
+            assert counts(c.statistics()) == (3, 3, len(data))
+            await c.put(str(tmp_path / "t.bin"), b"new")
+            assert await c.get(str(tmp_path / "t.bin")) == b"new"
+
+    trio.run(main)
