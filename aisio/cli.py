@@ -673,12 +673,51 @@ def _add_cache_command(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--human-readable", action="store_true", help="sizes as KiB, MiB, ...")
 
 
+async def cmd_manifest(client: AsyncClient, args: argparse.Namespace) -> int:
+    """``manifest PREFIX OUT_URL``: one gzip-compressed JSON line per object under PREFIX
+    (``{"url", "size", "etag"}``, listing order), which ``from_manifest`` reads instead of
+    listing. The manifest itself is left out when it lies under PREFIX."""
+    import zlib
+
+    out = parse_url(args.out_url)
+    if out.is_prefix:
+        raise CommandError(f"OUT_URL names a prefix, not an object: {out.url}")
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip container
+    count = 0
+    async with client.writer(out.url) as w:
+        chunk = bytearray()
+        async for info in client.list(args.prefix, recursive=True):
+            if info.url == out.url:
+                continue
+            entry = {"url": info.url, "size": info.size, "etag": info.etag}
+            chunk += json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+            count += 1
+            if len(chunk) >= MiB:
+                await w.write(packer.compress(bytes(chunk)))
+                chunk.clear()
+        await w.write(packer.compress(bytes(chunk)) + packer.flush())
+    print(f"{count} objects -> {printable(out.url)}")
+    return EXIT_OK
+
+
+def _add_manifest_command(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("manifest", "write a listing that datasets read instead of listing",
+                "List every object under PREFIX (recursively) and write OUT_URL: one line per "
+                "object, {\"url\", \"size\", \"etag\"} as JSON, gzip-compressed. "
+                "aisio.torch's from_manifest(OUT_URL) builds a dataset from it without listing, "
+                "and reports objects whose ETag changed since.",
+                "  aisio manifest s3://bucket/train/ s3://bucket/manifests/train.jsonl.gz\n"
+                "  aisio manifest ais://shards/ ./shards.jsonl.gz")
+    p.add_argument("prefix", metavar="PREFIX")
+    p.add_argument("out_url", metavar="OUT_URL")
+
+
 # --------------------------------------------------------------------------- parser
 
 
 _COMMANDS: dict[str, Callable[[AsyncClient, argparse.Namespace], Any]] = {
     "ls": cmd_ls, "cat": cmd_cat, "cp": cmd_cp, "stat": cmd_stat, "bench": cmd_bench,
-    "cache": cmd_cache,
+    "cache": cmd_cache, "manifest": cmd_manifest,
 }
 _WRITES_STDOUT = frozenset({"ls", "cat", "stat", "bench", "cache"})
 
@@ -793,6 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="objects taken from a prefix (default: 10000)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_cache_command(command)
+    _add_manifest_command(command)
     return parser
 
 
