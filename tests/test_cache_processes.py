@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import math
 import os
 import pickle
 import random
@@ -272,6 +273,23 @@ def test_validate_after_trusts_a_head_and_known_etags_need_no_request(proxied: P
     assert proxied.requests("HEAD") == proxied.requests("GET") == []
     with aisio.Client(proxied.config()) as c:  # validate_after=0 asks, and reads the new one
         assert c.get(url) == new
+    with aisio.Client(proxied.config(validate_after=math.inf)) as c:
+        assert c.get(url) == new  # trusted for good from now on
+        proxied.put({"v.bin": old})
+        Store(proxied.folder, 1, BLOCK).clear()  # evicted: the trusted version must be fetched
+        assert c.get(url) == old  # the store no longer has it: asked again, not an error
+        assert c.get(url) == old
+
+
+def test_an_object_replaced_between_the_head_and_the_get_is_read_in_its_new_version(
+        proxied: Proxied) -> None:
+    old, new = payload(BLOCK + 1, 5), payload(BLOCK + 1, 6)
+    proxied.put({"r.bin": old})
+    proxied.proxy.add(Fault("delay", seconds=0), method="GET", path=f"{proxied.prefix}r.bin",
+                      hook=lambda: proxied.put({"r.bin": new}))
+    with aisio.Client(proxied.config()) as c:
+        assert c.get(proxied.url("r.bin")) == new
+    assert len(proxied.requests("HEAD")) == 2  # the second HEAD names the new version
 
 
 # -- several processes on one folder --

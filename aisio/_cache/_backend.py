@@ -129,11 +129,12 @@ class CachingBackend:
                 self.trouble("forget a written object", exc)
 
     def _remember(self, url: str, etag: str, size: int) -> None:
-        if self.options.validate_after > 0:
-            try:
-                self.store.remember(url, etag, size)
-            except OSError as exc:
-                self.trouble("record a HEAD", exc)
+        """Record a HEAD's answer for clients that trust one for a while (and keep a record
+        that such a client made up to date, whatever this client's own ``validate_after``)."""
+        try:
+            self.store.remember(url, etag, size, create=self.options.validate_after > 0)
+        except OSError as exc:
+            self.trouble("record a HEAD", exc)
 
     # -- the data plane --
 
@@ -142,27 +143,29 @@ class CachingBackend:
     ) -> Body:
         if extra:  # e.g. an ETL's output (etl_name=): not the object's bytes, never cached
             return cast(Body, await cast(Any, self.inner).open_body(loc, start, end, etag=etag, **extra))
-        if etag is not None:
-            return await self._open(loc, etag, start, end, -1)
-        for attempt in (1, 2):
-            trust = self.options.validate_after if attempt == 1 else 0.0
-            seen = self.store.recall(loc.url, trust) if trust > 0 else None
+        if etag is not None:  # pinned by the caller: what the cache holds of it needs no request
+            return await self._open(loc, etag, start, end, -1, recalled=False)
+        after = self.options.validate_after
+        seen = self.store.recall(loc.url, after) if after > 0 else None
+        recalled = seen is not None
+        for attempt in range(3):  # a HEAD trusted still, else a fresh one (twice, if it races a write)
             if seen is None:
                 info = await self.inner.head(loc)
                 if info.etag is None:  # nothing to tell versions apart by: no caching
                     self.misses += 1
                     return await self.inner.open_body(loc, start, end)
-                seen = info.etag, info.size
-                self._remember(loc.url, *seen)
+                self._remember(loc.url, info.etag, info.size)
+                seen, recalled = (info.etag, info.size), False
             try:
-                return await self._open(loc, seen[0], start, end, seen[1])
-            except ObjectChangedError:
+                return await self._open(loc, seen[0], start, end, seen[1], recalled=recalled)
+            except ObjectChangedError:  # not that version any more, and no byte served: ask again
                 if attempt == 2:
                     raise
-                self.store.forget(loc.url)  # changed since the HEAD: no byte served yet, ask again
+                seen = None
         raise AssertionError("unreachable")
 
-    async def _open(self, loc: Location, etag: str, start: int, end: int | None, size: int) -> Body:
+    async def _open(self, loc: Location, etag: str, start: int, end: int | None, size: int, *,
+                    recalled: bool) -> Body:
         key = (loc.url, norm_etag(etag))
         size = self._big.get(key, size)
         if size > self.options.max_bytes:  # larger than the whole cache: streams through
@@ -171,7 +174,7 @@ class CachingBackend:
                                  url=loc.url)
             self.misses += 1
             return await self.inner.open_body(loc, start, end, etag=etag)
-        body = _CachedBody(self, loc, self.store.entry(loc.url, etag), start, end)
+        body = _CachedBody(self, loc, self.store.entry(loc.url, etag), start, end, recalled)
         try:
             await body.start(size)
         except BaseException:
@@ -211,8 +214,9 @@ class _CachedBody:
     """
 
     def __init__(self, owner: CachingBackend, loc: Location, entry: Entry, start: int,
-                 end: int | None) -> None:
+                 end: int | None, recalled: bool) -> None:
         self._owner, self._loc, self._entry = owner, loc, entry
+        self._recalled = recalled  # the version is what a recent HEAD said, not the caller
         self._store = owner.store
         self._bs = owner.store.block_size
         self.etag: str | None = entry.etag
@@ -232,15 +236,20 @@ class _CachedBody:
         self._inner_end = -1  # -1: to the end of the object
 
     async def start(self, size: int) -> None:
-        """Learn the object's size before the first read: given, from a block, or from the store."""
-        index = self._pos // self._bs
+        """Before the first read: learn the object's size (given, from a cached block or from
+        the store) and open the first block, from the cache or, under its lock, the store.
+
+        So a version that is no longer the store's fails here, in ``open_body``, where the
+        caller that did not pin the version can ask a HEAD and start again.
+        """
+        if size >= 0:
+            self._sized(size)
+            if self._pos >= size:
+                return
+        found = await self._prepare(self._pos // self._bs)
         if size < 0:
-            size = await self._size_of(index)
-        if self._pos > size:
-            raise RangeError(f"offset {self._pos} is past the end of {self._loc.url} ({size} bytes)",
-                             url=self._loc.url)
-        self.object_size = size
-        self._stop = size if self._end is None else min(self._end, size)
+            self._sized(found)
+        size = self.object_size
         if self._inner is not None and not 0 <= self._inner_end <= size:
             self._inner_end = size
         if size > self._owner.options.max_bytes:
@@ -254,18 +263,25 @@ class _CachedBody:
                 await self._commit(0, memoryview(b""))
             self._release()
 
-    async def _size_of(self, index: int) -> int:
-        block = self._open_cached(index, -1)
+    def _sized(self, size: int) -> None:
+        if self._pos > size:
+            raise RangeError(f"offset {self._pos} is past the end of {self._loc.url} ({size} bytes)",
+                             url=self._loc.url)
+        self.object_size = size
+        self._stop = size if self._end is None else min(self._end, size)
+
+    async def _prepare(self, index: int) -> int:
+        """Open block ``index`` from the cache, or lock it and open its GET; the object's size."""
+        block = self._open_cached(index, self.object_size)
         if block is None:
             await self._take(index)
             if self._holds(index):
-                block = self._open_cached(index, -1)
+                block = self._open_cached(index, self.object_size)
         if block is not None:
             self._release()
             self._pending = index, block
             return block.object_size
-        end = None if self._end is None else -(-self._end // self._bs) * self._bs
-        await self._open_inner(index * self._bs, end)
+        await self._open_inner(index * self._bs, self._fetch_end())
         assert self._inner is not None
         size = self._inner.object_size
         if size < 0:  # the response did not say: a HEAD does, for the version pinned
@@ -274,6 +290,13 @@ class _CachedBody:
                 raise self._changed(info.etag)
             size = info.size
         return size
+
+    def _fetch_end(self) -> int | None:
+        """Where a GET from a block's start ends: with the read's last block (clamped by the
+        store while the object's size is not known yet)."""
+        if self.object_size < 0:
+            return None if self._end is None else -(-self._end // self._bs) * self._bs
+        return min(self.object_size, -(-self._stop // self._bs) * self._bs)
 
     # -- Body --
 
@@ -412,8 +435,7 @@ class _CachedBody:
         first = index * self._bs
         if self._inner is None or self._inner_pos != first:
             await self._close_inner()
-            end = min(self.object_size, -(-self._stop // self._bs) * self._bs)
-            await self._open_inner(first, end)
+            await self._open_inner(first, self._fetch_end())
         assert self._inner is not None
         got = 0
         try:
@@ -443,6 +465,8 @@ class _CachedBody:
 
     def _changed(self, etag: str | None) -> ObjectChangedError:
         url = self._loc.url
+        if self._recalled:  # the next read asks a HEAD
+            self._store.forget(url)
         return ObjectChangedError(
             f"{url} changed while it was being read (ETag {redact(str(etag))[:80]}, the read "
             f"began with {redact(self._entry.etag)[:80]})", url=url)

@@ -393,9 +393,12 @@ class Store:
 
     # -- what a HEAD said --
 
-    def remember(self, url: str, etag: str, size: int) -> None:
-        """Record that the store just said ``url`` is ``etag`` of ``size`` bytes."""
+    def remember(self, url: str, etag: str, size: int, *, create: bool = True) -> None:
+        """Record that the store just said ``url`` is ``etag`` of ``size`` bytes (without
+        ``create``, only if there is a record already)."""
         path = self._seen_path(url)
+        if not create and not os.path.lexists(path):
+            return
         tmp = f"{path}.{secrets.token_hex(6)}.new"
         try:
             os.symlink(f"{size} {etag}", tmp)
