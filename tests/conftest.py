@@ -7,10 +7,10 @@ a DataLoader worker would).
 
 The ``rgw`` backend needs Debian's radosgw, ceph-mon and ceph-osd; without them its
 tests skip and say what to install, unless ``AISIO_REQUIRE_RGW=1`` (CI) makes that an
-error. aisio signs its GETs and HEADs on ``rgw`` itself (explicit keys, path-style
-endpoint); ``rgw-sdk`` takes the keys from the environment and names the endpoint by
-host name, a set-up aisio leaves to botocore, which signs every request; it runs the
-tests of ``SDK_SIGNED_MODULES``.
+error. aisio signs its own requests on ``rgw`` (explicit keys, path-style endpoint);
+``rgw-sdk`` takes the keys from the environment and names the endpoint by host name, a
+set-up aisio leaves to botocore, which signs every request; it runs the tests of
+``SDK_SIGNED_MODULES``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The store-based suites run on RGW through the ``rgw`` store (conftest); the tests here pin
 the behaviours that differ from moto and that aisio depends on or works around, each
-through aisio (both signers: aisio's own for GET and HEAD, botocore's for everything when
-the keys come from the environment) and, where the raw answer is the point, through
+through aisio (both signers: aisio's own on a plain path-style endpoint, botocore's for
+everything on the rgw-sdk set-up) and, where the raw answer is the point, through
 boto3 or a plain HTTP request. docs/reference/testing.md lists them.
 """
 
@@ -50,7 +50,7 @@ def ceph() -> None:
 
 @pytest.fixture(params=["aisio", "botocore"])
 def rgw(request: pytest.FixtureRequest) -> Store:
-    """The rgw store, its GETs and HEADs signed by aisio, or every request by botocore."""
+    """The rgw store, its requests signed by aisio, or (rgw-sdk) every one by botocore."""
     return make_store("rgw" if request.param == "aisio" else "rgw-sdk", request,
                       part_size=5 * MiB)
 
@@ -311,7 +311,7 @@ async def test_wrong_credentials_are_access_denied(
     async with aisio.AsyncClient(rgw.server.config()) as c:
         await c.put(url, b"guarded")
     bad_secret, bad_key = "wrong-secret-x9", "nobody-y7"
-    if rgw.config.s3.access_key_id:  # aisio signs GET and HEAD
+    if rgw.config.s3.access_key_id:  # aisio signs
         opts = (dataclasses.replace(good, secret_access_key=bad_secret) if wrong == "secret"
                 else dataclasses.replace(good, access_key_id=bad_key))
         config = dataclasses.replace(rgw.config, s3=opts)
