@@ -10,7 +10,6 @@ from typing import Any
 
 from ._backends import Backend, create_backend
 from ._buffers import bytes_of, fresh_bytes, writable_view
-from ._cache._backend import cache_counters
 from ._config import ClientConfig
 from ._engine import Engine, Statistics
 from ._logging import guard_sdk_loggers
@@ -55,9 +54,13 @@ class AsyncClient:
 
     def statistics(self) -> Statistics:
         """Requests, retries and bytes received so far; the cache's hits, misses and bytes."""
+        stats = self._engine.statistics()
+        if self.config.cache is None:
+            return stats
+        from ._cache._backend import cache_counters  # the cache's code loads only when used
+
         hits, misses, served = cache_counters(self._backends.values())
-        return dataclasses.replace(self._engine.statistics(), cache_hits=hits,
-                                   cache_misses=misses, cache_bytes=served)
+        return dataclasses.replace(stats, cache_hits=hits, cache_misses=misses, cache_bytes=served)
 
     def backend(self, url: object) -> tuple[Location, Backend]:
         """The parsed URL and the backend that serves it."""

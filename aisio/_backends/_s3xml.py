@@ -7,11 +7,10 @@ echo the request target (signature and session token included) in their messages
 from __future__ import annotations
 
 import contextlib
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
-from xml.sax.saxutils import escape
 
 from .._types import ObjectInfo
 from .._url import Location, redact
@@ -23,6 +22,9 @@ from ..errors import (
     RangeError,
     RequestError,
 )
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 __all__ = ["complete_body", "listing", "parse", "server_text", "status_error", "upload_id"]
 
@@ -77,6 +79,8 @@ def status_error(loc: Location, status: int, code: str, message: str, headers: M
 
 def parse(loc: Location, body: bytes) -> ET.Element:
     """The XML document of an S3 answer, namespaces dropped; RequestError if it is none."""
+    import xml.etree.ElementTree as ET  # on first use: a reading process may never need it
+
     try:
         root = ET.fromstring(body)
     except ET.ParseError:
@@ -89,6 +93,8 @@ def parse(loc: Location, body: bytes) -> ET.Element:
 
 def error_fields(body: bytes) -> tuple[str, str]:
     """``<Code>`` and ``<Message>`` of an error body ('' where there is none)."""
+    import xml.etree.ElementTree as ET
+
     try:
         root = ET.fromstring(body)
     except ET.ParseError:
@@ -138,6 +144,11 @@ def upload_id(loc: Location, body: bytes) -> str:
 
 def complete_body(parts: Mapping[int, str]) -> bytes:
     """The CompleteMultipartUpload document for parts {number: ETag}."""
-    items = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(e)}</ETag></Part>"
+    items = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{_escape(e)}</ETag></Part>"
                     for n, e in sorted(parts.items()))
     return f"<CompleteMultipartUpload>{items}</CompleteMultipartUpload>".encode()
+
+
+def _escape(text: str) -> str:
+    """``text`` as XML character data."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
