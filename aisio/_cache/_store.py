@@ -40,6 +40,7 @@ import os
 import secrets
 import stat
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -58,6 +59,12 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_READ = os.O_RDONLY | _CLOEXEC
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
 _O_LOCK = os.O_RDWR | os.O_CREAT | _CLOEXEC
+# Held around every ledger session of this process, and by fork() while it copies the
+# process: a child never inherits a descriptor that holds the ledger's flock (flocks belong
+# to the descriptor, so such a child would hold it, for every process, as long as it lives).
+_SESSION = threading.Lock()
+os.register_at_fork(before=_SESSION.acquire, after_in_parent=_SESSION.release,
+                    after_in_child=_SESSION.release)
 
 
 def norm_etag(etag: str) -> str:
@@ -192,8 +199,11 @@ def unlock(path: str, fd: int) -> None:
 
 def _allocate(fd: int, size: int) -> None:
     """Give the file its full size now, so a full disk shows here and not halfway through."""
+    allocate = getattr(os, "posix_fallocate", None)  # not on macOS
     try:
-        os.posix_fallocate(fd, 0, size)
+        if allocate is None:
+            raise OSError(errno.EOPNOTSUPP, "no posix_fallocate")
+        allocate(fd, 0, size)
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise
@@ -432,6 +442,10 @@ class Store:
 
     @contextlib.contextmanager
     def _ledger(self) -> Iterator[_Ledger]:
+        with _SESSION:
+            yield from self._locked_ledger()
+
+    def _locked_ledger(self) -> Iterator[_Ledger]:
         try:
             fd = os.open(self._ledger_path, _O_LOCK, 0o644)
         except FileNotFoundError:  # the folder was removed under us: start afresh
