@@ -782,7 +782,7 @@ class HTTPPool:
         max_connections_per_host: int,
         connect_timeout: float,
         read_timeout: float,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
         request_timeout: float | None = None,
     ) -> None:
         if max_connections_per_host < 1:
@@ -947,6 +947,8 @@ class HTTPPool:
         if scheme == "https":
             if self._ssl_context is None:
                 self._ssl_context = ssl.create_default_context()
+            elif not isinstance(self._ssl_context, ssl.SSLContext):  # a factory: made on first use
+                self._ssl_context = self._ssl_context()
             context = self._ssl_context
         origin = where.split("/", 3)
         origin_text = "/".join(origin[:3])

@@ -144,9 +144,9 @@ class SDK:
 
         cfg, opts = self._config, self._config.s3
         session = AioSession(profile=opts.profile)
-        extra: dict[str, Any] = {}
-        if opts.unsigned:
-            extra["signature_version"] = botocore.UNSIGNED
+        # SigV4 always: botocore's default for some regions presigns GETs with SigV2,
+        # which SigV4-only stores refuse
+        extra: dict[str, Any] = {"signature_version": botocore.UNSIGNED if opts.unsigned else "s3v4"}
         aio_config = AioConfig(
             region_name=opts.region,
             s3={"addressing_style": "path" if opts.force_path_style else "auto"},

@@ -142,7 +142,7 @@ class S3Backend:
             max_connections_per_host=config.max_concurrency,
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
-            ssl_context=config.ssl_context(),
+            ssl_context=config.ssl_context,  # made at the first https connection (20 ms of CAs)
         )
         # presigned GET URLs by (bucket, key): signing once per object, not per range
         self._signed: collections.OrderedDict[tuple[str, str], tuple[str, float]] = (
