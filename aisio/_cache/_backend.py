@@ -229,7 +229,7 @@ class _CachedBody:
         self._held_start = 0
         self._held_cached = False
         self._scratch: bytearray | None = None
-        self._pending: tuple[int, Block] | None = None  # a block opened to learn the size
+        self._pending: tuple[int, Block] | None = None  # the first block, opened by start()
         self._lock: tuple[int, str, int] | None = None  # (block, path, descriptor)
         self._inner: Body | None = None
         self._inner_pos = 0
