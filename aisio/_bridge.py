@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import inspect
 import io
 import os
@@ -231,8 +232,9 @@ class Client:
         finally:
             run(agen.aclose)
 
-    def get(self, url: object, start: int = 0, end: int | None = None) -> bytes:
-        return run(self.aclient.get, url, start, end)
+    def get(self, url: object, start: int = 0, end: int | None = None, *,
+            etag: str | None = None) -> bytes:
+        return run(functools.partial(self.aclient.get, etag=etag), url, start, end)
 
     def get_view(self, url: object, start: int = 0, end: int | None = None) -> memoryview:
         return run(self.aclient.get_view, url, start, end)

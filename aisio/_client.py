@@ -11,7 +11,7 @@ from typing import Any
 from ._backends import Backend, create_backend
 from ._buffers import bytes_of, fresh_bytes, writable_view
 from ._config import ClientConfig
-from ._engine import Engine, Statistics
+from ._engine import Engine, Statistics, Stream
 from ._logging import guard_sdk_loggers
 from ._readers import AsyncReader, ReaderConstructor
 from ._types import ObjectInfo
@@ -91,11 +91,36 @@ class AsyncClient:
         async for info in backend.list(loc, recursive=recursive):
             yield info
 
-    async def get(self, url: object, start: int = 0, end: int | None = None) -> bytes:
-        """The object's bytes, or those of [start, end) (``end`` exclusive)."""
+    async def get(self, url: object, start: int = 0, end: int | None = None, *,
+                  etag: str | None = None) -> bytes:
+        """The object's bytes, or those of [start, end) (``end`` exclusive).
+
+        ``etag``: only that version (from a listing, a HEAD or a manifest), else
+        ``ObjectChangedError``.
+        """
         loc, backend = self._object(url)
-        view, _, _ = await self._engine.read(backend, loc, start, end, alloc=fresh_bytes)
+        view, _, _ = await self._engine.read(backend, loc, start, end, alloc=fresh_bytes, etag=etag)
         return bytes_of(view)
+
+    def stream(self, url: object, start: int = 0, end: int | None = None, *,
+               etag: str | None = None, etl_name: str | None = None,
+               archpath: str | None = None) -> Stream:
+        """One resumable GET of [start, end), read front to back (``async with``, ``readinto``,
+        ``fill``; ``open()`` sends it and tells ``object_size``).
+
+        A failed response is reopened at the first byte not yet read, pinned to ``etag`` (or
+        to the first response's). ``etl_name``: the output of an AIStore ETL; ``archpath``: a
+        file inside an AIStore shard (``ais://`` only; neither is pinned to the object's ETag).
+        """
+        loc, backend = self._object(url)
+        if etl_name or archpath:
+            store = getattr(backend, "inner", backend)  # under a cache: ETL outputs go uncached
+            variant = getattr(store, "variant", None)
+            if variant is None:
+                raise InvalidURLError(f"etl_name and archpath need ais:// URLs (an AIStore "
+                                      f"cluster runs them): {loc.url}", url=loc.url)
+            backend, etag = variant(etl_name=etl_name, archpath=archpath), None
+        return self._engine.stream(backend, loc, start, end, etag=etag)
 
     async def get_view(self, url: object, start: int = 0, end: int | None = None) -> memoryview:
         """Like ``get`` but without the final copy into ``bytes``: a view of a fresh buffer."""

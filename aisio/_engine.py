@@ -23,7 +23,7 @@ from ._planner import Span, coalesce, split
 from ._retry import RetryPolicy, is_throttle, is_transient, naming, retry_after_of
 from ._slots import Slots
 from ._url import Location, redact
-from .errors import ObjectChangedError, ObjectNotFoundError, RangeError, TransientError
+from .errors import ObjectChangedError, ObjectNotFoundError, RangeError, TransientError, first_error
 
 __all__ = ["Engine", "Statistics", "Stream"]
 
@@ -286,13 +286,7 @@ def _raise_first(group: BaseExceptionGroup[BaseException]) -> NoReturn:
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that failed a task group, unwrapped, so callers see aisio errors."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, anyio.get_cancelled_exc_class()):
-            return exc
-    return group.exceptions[0]
+    return first_error(group)
 
 
 def same_version(pinned: str, got: str | None) -> bool:

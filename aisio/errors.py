@@ -31,6 +31,7 @@ __all__ = [
     "RequestError",
     "ShardFormatError",
     "TransientError",
+    "first_error",
 ]
 
 
@@ -123,3 +124,20 @@ class ShardFormatError(AisioError, ValueError):
 
 class MissingDependencyError(AisioError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that failed a task group, unwrapped from any nesting: aisio reads run many
+    GETs in task groups, and callers want the aisio error, not a group of cancellations."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for exc in leaves:
+        if isinstance(exc, Exception):  # cancellations (asyncio's, trio's) are BaseExceptions
+            return exc
+    return leaves[0] if leaves else group

@@ -341,3 +341,37 @@ async def test_file_listing_survives_symlink_loops_and_odd_names(tmp_path: objec
         found = [i async for i in c.list(f"{root}/d/")]
         assert len(found) == 1
         assert await c.get(found[0].url) == b"x"  # the listed URL parses back to the path
+
+
+async def test_get_pinned_to_an_etag_refuses_another_version(api: API, store: Store) -> None:
+    url = store.url("pinned.bin")
+    old = await api.put(url, b"version one")
+    assert await api.get(url, etag=old.etag) == b"version one"
+    await api.put(url, b"version two, longer")
+    with pytest.raises(aisio.ObjectChangedError) as info:
+        await api.get(url, etag=old.etag)
+    assert info.value.url == aisio._url.parse_url(url).url
+
+
+async def test_a_stream_reads_front_to_back_and_tells_the_size(store: Store) -> None:
+    data = bytes(range(256)) * 40
+    async with aisio.AsyncClient(store.config) as client:
+        url = store.url("streamed.bin")
+        await client.put(url, data)
+        async with client.stream(url, 100) as stream:
+            assert await stream.open() == 0 and stream.object_size == len(data)
+            buf = bytearray(len(data))
+            n = await stream.fill(memoryview(buf))
+        assert bytes(buf[:n]) == data[100:]
+        with pytest.raises(aisio.InvalidURLError):
+            client.stream(url, etl_name="x") if store.name != "ais" else client.stream(store.prefix)
+
+
+def test_first_error_unwraps_nested_groups_past_cancellations() -> None:
+    import asyncio
+
+    inner = ExceptionGroup("inner", [aisio.RangeError("bad", url="s3://b/k")])
+    group = BaseExceptionGroup("outer", [asyncio.CancelledError(), inner])
+    assert isinstance(aisio.errors.first_error(group), aisio.RangeError)
+    only = BaseExceptionGroup("only", [asyncio.CancelledError()])
+    assert isinstance(aisio.errors.first_error(only), asyncio.CancelledError)

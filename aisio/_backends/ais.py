@@ -516,6 +516,10 @@ class AISBackend:
         assert isinstance(resp.stream, _http.Response)
         return HTTPBody(resp.stream, size, got)
 
+    def variant(self, *, etl_name: str | None = None, archpath: str | None = None) -> _Variant:
+        """This backend with every GET asking for an ETL's output or a file inside a shard."""
+        return _Variant(self, etl_name, archpath)
+
     @staticmethod
     def _check_etag(loc: Location, expected: str | None, got: str | None) -> None:
         if expected is not None and got is not None and expected != got:
@@ -594,6 +598,22 @@ class AISBackend:
             raise RequestError(f"{first.url}: the batch returned {len(out)} of {len(locs)} items",
                                url=first.url)
         return out
+
+
+class _Variant:
+    """An AISBackend whose GETs carry ``etl_name`` or ``archpath``; the rest is the backend's."""
+
+    def __init__(self, inner: AISBackend, etl_name: str | None, archpath: str | None) -> None:
+        self._inner, self._etl_name, self._archpath = inner, etl_name, archpath
+        self.min_part_size = inner.min_part_size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def open_body(self, loc: Location, start: int, end: int | None, *,
+                        etag: str | None = None) -> HTTPBody | _EmptyBody:
+        return await self._inner.open_body(loc, start, end, etag=etag, archpath=self._archpath,
+                                           etl_name=self._etl_name)
 
 
 def _decode_page(loc: Location, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from .. import _bridge
 from .._buffers import writable_view
 from .._client import AsyncClient
 from .._config import ClientConfig
-from .._engine import _first_error
+from ..errors import first_error
 from .._planner import coalesce
 from .._readers import ReaderConstructor
 from .._url import parse_url
@@ -1027,14 +1027,14 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
                     for piece in (p for ps in pieces for p in ps):
                         tg.start_soon(aclient.get_ranges_into, url, piece, math.inf)
             except BaseExceptionGroup as group:
-                raise _first_error(group) from None
+                raise first_error(group) from None
 
         try:
             async with anyio.create_task_group() as tg:
                 for url in segments:
                     tg.start_soon(self._explained, one_file, url, need[url])
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
 
     async def _read_in_turn(self, segments: dict[str, list[tuple[int, memoryview]]],
                             need: dict[str, int]) -> None:
