@@ -715,55 +715,72 @@ class MultiShardStream(_Epochs, torch.utils.data.IterableDataset[tuple[bytes, ..
     def _tuples(self, state: Pass, pipes: list[Pipe[Any]]) -> Iterator[tuple[bytes, ...]]:
         """The slot's tuples in order (through its shuffle buffer), keeping ``state``."""
         restore = _Restore(state, whole=True)
-
-        def takes(src: int) -> Iterator[tuple[tuple[int, int], Any]]:
-            for tag, j, i, item in pipes[src]:
-                if tag == _RESTORE:
-                    restore.add(src, j, i, item)
-                elif tag == _END:
-                    state.cursor[src] = [j + 1, 0]
-                else:
-                    state.cursor[src] = [j, i + 1]
-                    yield (j, i), item
-
-        streams = [takes(src) for src in range(len(pipes))]
+        sources = [_Source(src, pipe, state, restore) for src, pipe in enumerate(pipes)]
         buffer: ShuffleBuffer[tuple[Ident, Any]] | None = None
         if self.shuffle_buffer > 1:
             s = state.shard
             buffer = ShuffleBuffer(self.shuffle_buffer, key(self.seed, state.epoch, "tuples",
                                                             s.rank, s.world_size, s.worker,
                                                             s.num_workers))
-        first: list[tuple[tuple[int, int], Any]] = []
-        for stream in streams:  # restores come first in every source
-            got = next(stream, None)
-            if got is None:
-                break
-            first.append(got)
         if restore.pending:
+            for source in sources:  # what a restore reads again comes first in every source
+                source.prime()
             yield from restore.rebuild(buffer, "the sources")
         state.buffer = buffer
-        current: list[tuple[tuple[int, int], Any]] | None = (
-            first if len(first) == len(streams) else None)
-        while current is not None:
+        while True:
+            current: list[tuple[tuple[int, int], Any]] = []
+            for source in sources:  # as zip: the first source to end ends it
+                got = source.take()
+                if got is None:
+                    break
+                current.append(got)
+            if len(current) < len(sources):
+                break
             ident = tuple(pos for pos, _ in current)
             items = tuple(item for _, item in current)
             if buffer is None:
                 state.ready.append(ident)
                 yield items
-            else:
-                out, value = buffer.push((ident, items))
-                if out:
-                    assert value is not None
-                    state.ready.append(value[0])
-                    yield value[1]
-            nxt: list[tuple[tuple[int, int], Any]] = []
-            for stream in streams:
-                got = next(stream, None)
-                if got is None:
-                    break
-                nxt.append(got)
-            current = nxt if len(nxt) == len(streams) else None
+                continue
+            out, value = buffer.push((ident, items))
+            if out:
+                assert value is not None
+                state.ready.append(value[0])
+                yield value[1]
         while buffer is not None and buffer.items:
-            ident, items = buffer.pop()
-            state.ready.append(ident)
+            held, items = buffer.pop()
+            state.ready.append(held)
             yield items
+
+
+class _Source:
+    """One source's tagged items: restores put aside, the cursor moved as members are taken."""
+
+    def __init__(self, src: int, pipe: Pipe[Any], state: Pass, restore: _Restore) -> None:
+        self.src, self.state, self.restore = src, state, restore
+        self._items = iter(pipe)
+        self._peeked: tuple[int, int, Any] | None = None
+
+    def _next(self) -> tuple[int, int, Any] | None:
+        """The next member taken (j, i, bytes); restores and shard ends handled on the way."""
+        for tag, j, i, item in self._items:
+            if tag == _RESTORE:
+                self.restore.add(self.src, j, i, item)
+            elif tag == _END:
+                self.state.cursor[self.src] = [j + 1, 0]
+            else:
+                return j, i, item
+        return None
+
+    def prime(self) -> None:
+        """Read past the restores (up to the first member taken, kept for ``take``)."""
+        if self._peeked is None:
+            self._peeked = self._next()
+
+    def take(self) -> tuple[tuple[int, int], Any] | None:
+        got, self._peeked = (self._peeked, None) if self._peeked is not None else (self._next(), None)
+        if got is None:
+            return None
+        j, i, item = got
+        self.state.cursor[self.src] = [j, i + 1]
+        return (j, i), item
