@@ -315,7 +315,7 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
         else just the entries seen, which still spare a HEAD each."""
         for directory, entries in tree.items():
             if complete:
-                self.dircache[directory] = list(entries.values())
+                self.dircache[directory] = sorted(entries.values(), key=lambda e: str(e["name"]))
             for entry in entries.values():
                 self._know(entry)
 
@@ -437,7 +437,7 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
             tree = await self._tree(path)
             if tree:
                 self._remember(tree, complete=True)
-                entries = list(tree[path].values())
+                entries = sorted(tree[path].values(), key=lambda e: str(e["name"]))
             elif self._is_bucket(path) or path == self.root_marker:
                 entries = []  # an empty bucket (a missing one raised above)
                 self.dircache[path] = entries
@@ -683,6 +683,9 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
                   batch_size: int | None = None, **kwargs: Any) -> None:
         paths = await self._expand_path(path, recursive=recursive, maxdepth=maxdepth)
         kinds = await asyncio.gather(*(self._info(p) for p in paths), return_exceptions=True)
+        for kind in kinds:
+            if isinstance(kind, BaseException):  # a named path that is not there, as os.remove says
+                raise kind
         files = [p for p, k in zip(paths, kinds, strict=True)
                  if not isinstance(k, BaseException) and k["type"] == "file"]
         dirs = [p for p, k in zip(paths, kinds, strict=True)
