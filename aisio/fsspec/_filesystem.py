@@ -760,7 +760,8 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
             size = self.default_block_size if block_size is None else block_size
             if kind == "none":
                 size = 0
-            constructor = reader or ReaderConstructor.range_based(size)
+            # the file reads ahead itself (adaptively); the reader below reads exact ranges
+            constructor = reader or ReaderConstructor.range_based(0)
             return _bridge.run(self._open_reader, path, constructor, size)
         if reader is not None or cache_type is not None:
             raise TypeError("reader and cache_type are for reading")
