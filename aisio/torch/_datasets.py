@@ -4,17 +4,21 @@ A dataset holds only picklable values (URLs, a ``ClientConfig``, a ``ReaderConst
 the transform); each process makes its own ``aisio.Client`` on first use, so DataLoader
 workers, forked or spawned, open their own connections with the same settings.
 
-``IterableDataset`` runs one producer on the process's loop thread: it pages through the
-listing, keeps ``prefetch`` objects in flight and hands finished ones, in listing order,
-to the sync iterator in batches (``Pipe``). ``MapDataset.__getitems__`` fetches a whole
-batch with one concurrent gather. Items are ``(url, bytes)``, or ``transform(reader)``
-when a transform is given, the reader an ``ObjectReader`` (a seekable file object).
+``IterableDataset`` runs one producer on the process's loop thread: it walks this slot's
+share of the epoch's order, keeps ``prefetch`` objects in flight and hands finished ones,
+in order, to the sync iterator in batches (``Pipe``). ``MapDataset.__getitems__`` fetches
+a whole batch with one concurrent gather. Items are ``(url, bytes)``, or
+``transform(reader)`` when a transform is given, the reader an ``ObjectReader`` (a
+seekable file object).
 
-Sharding (iterable datasets) follows the S3 connector's arithmetic: item ``i`` of the
-listing goes to rank ``i % world_size`` and then, among that rank's items, to worker
-``(i // world_size) % num_workers``; with ``shuffle`` the listing is first permuted by a
-generator seeded with ``(seed, epoch)``, the same in every rank and worker, so each
-object is read exactly once per epoch across all of them.
+The listing is made once per dataset and kept (``_listing.Listings``: in memory, and
+shared by the DataLoader workers of a process through a local file), or read from a
+manifest. The epoch's order is fixed by ``(seed, epoch)`` (``_order.order_of``): the
+listing, permuted with ``shuffle`` (the S3 connector's arithmetic otherwise), mixed by a
+seeded ``shuffle_buffer``, or resampled. Entry ``q`` of it goes to rank
+``q % world_size`` and then, among that rank's entries, to worker
+``(q // world_size) % num_workers``, so each object is read exactly once per epoch across
+all of them. A pass's state (``_resume.Pass``) is how far its slot got in its share.
 """
 
 from __future__ import annotations
@@ -338,13 +342,11 @@ async def collect(infos: AsyncGenerator[ObjectInfo]) -> list[ObjectInfo]:
         return [info async for info in infos]
 
 
-def changed_since(info: ObjectInfo, manifest: str, exc: ObjectChangedError) -> ObjectChangedError:
+def changed_since(info: ObjectInfo, manifest: str) -> ObjectChangedError:
     """The error for an object whose ETag is not the one its manifest recorded."""
-    err = ObjectChangedError(
+    return ObjectChangedError(
         f"{info.url} changed since the manifest {manifest} was written (the manifest has "
         f"ETag {info.etag}); write the manifest again, or read without it", url=info.url)
-    err.__cause__ = exc
-    return err
 
 
 class _Epochs:
@@ -648,7 +650,7 @@ class _ObjectSet:
         except ObjectChangedError as exc:
             if manifest is None or info.etag is None:
                 raise
-            raise changed_since(info, manifest, exc) from exc
+            raise changed_since(info, manifest) from exc
 
     def _item(self, info: ObjectInfo, payload: Payload) -> Any:
         """Runs in the consumer: the dataset item made from one loaded object."""

@@ -82,7 +82,7 @@ class Pass:
     yielded: int = 0
     units: list[int] | None = None
     fingerprints: list[int] | None = None
-    keys: list[str] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)  # extensions seen (ShardReader)
     buffer: Any = None  # the live ShuffleBuffer of (Ident, item), once running
 
     def __post_init__(self) -> None:
@@ -116,7 +116,7 @@ class Pass:
         check_state(state, kind)
         settings.check(state, kind)
         epoch = int(state["epoch"])
-        keys = [str(k) for k in state.get("keys", [])]
+        keys = {str(k) for k in state.get("keys", [])}
         units, prints = state.get("units"), state.get("fingerprint")
         if "position" in state:  # merged: any layout starts from it
             base = [Position.from_state(p) for p in state["position"]]

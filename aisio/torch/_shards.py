@@ -328,7 +328,7 @@ class _ShardSet(_Epochs):
                 except ObjectChangedError as exc:
                     if manifest is None or info.etag is None:
                         raise
-                    raise changed_since(info, manifest, exc) from exc
+                    raise changed_since(info, manifest) from exc
                 if not job.restore_only:
                     await send.send((_END, job.j, i, None))
             except anyio.BrokenResourceError:
@@ -531,7 +531,7 @@ class ShardReader(_ShardSet, torch.utils.data.IterableDataset[Sample]):
 
     def _run(self, state: Pass, entries: list[Entry]) -> Iterator[Sample]:
         self._keys.update(state.keys)
-        state.keys = self._keys  # type: ignore[assignment]  # saved with the state, live
+        state.keys = self._keys  # the live set: saved with the state
         listing = self._listed(entries, counted=self.drop_last and not self.resampled)
         infos = listing.infos
         state.check_listing([len(infos)], [fingerprint(info.url for info in infos)], self._what())
