@@ -230,6 +230,9 @@ def test_put_get_copy_move(fs: AisioFileSystem, store: Store, tmp_path: Any) -> 
     assert fs.find(r) == [f"{r}/moved/of.bin", f"{r}/up.bin"]
     fs.get(f"{r}/moved", str(tmp_path / "tree"), recursive=True)
     assert (tmp_path / "tree" / "of.bin").read_bytes() == data
+    into = io.BytesIO()
+    fs.get_file(f"{r}/up.bin", None, outfile=into)
+    assert into.getvalue() == data
 
 
 def test_checksum_ukey_modified(fs: AisioFileSystem, store: Store) -> None:

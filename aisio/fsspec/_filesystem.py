@@ -368,7 +368,7 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
             path = self._strip_protocol(path)
             below = self._base(path)
             for cache in (self.dircache, self._known):
-                for name in [k for k in cache if k.startswith(below)]:
+                for name in [k for k in list(cache) if k.startswith(below)]:
                     cache.pop(name, None)
             here = path
             while True:
@@ -624,7 +624,7 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
             info = await client.head(src)
         callback.set_size(info.size)
         if info.size <= self.config.part_size:
-            data = await client.get(src, 0, info.size)
+            data = await client.get(src)  # whole: a cached size may be stale, the object is not
             written = await client.put(dst, data)
             callback.relative_update(len(data))
             return written
@@ -650,9 +650,13 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
         await self._check_mode(rpath, mode)
         self.wrote(rpath, await self._transfer(Location("file", "", lpath), self._loc(rpath), None, callback))
 
-    async def _get_file(self, rpath: str, lpath: str, callback: Any = DEFAULT_CALLBACK,
-                        **kwargs: Any) -> None:
+    async def _get_file(self, rpath: str, lpath: str | None, callback: Any = DEFAULT_CALLBACK,
+                        outfile: Any = None, **kwargs: Any) -> None:
         rpath = self._strip_protocol(rpath)
+        if outfile is not None:  # fsspec's get_file into an open file object
+            await self._get_into(rpath, outfile, callback)
+            return
+        assert lpath is not None
         lpath = os.path.abspath(stringify_path(lpath))
         if os.path.isdir(lpath):
             return  # a folder made for a directory of the source
@@ -662,6 +666,19 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
             return
         await self._transfer(self._loc(rpath), Location("file", "", lpath),
                              self._object_info(rpath, entry), callback)
+
+    async def _get_into(self, path: str, outfile: Any, callback: Any) -> None:
+        """Write an object into a writable file object, a part-sized step at a time."""
+        client = self._aclient()
+        reader = await client.open(self._loc(path), ReaderConstructor.range_based(0))
+        try:
+            callback.set_size(reader.size)
+            buf = memoryview(bytearray(min(reader.size, self.config.part_size * _COPY_CHUNK_PARTS)))
+            while n := await reader.readinto(buf):
+                outfile.write(buf[:n])
+                callback.relative_update(n)
+        finally:
+            await reader.aclose()
 
     async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
         path1, path2 = self._strip_protocol(path1), self._strip_protocol(path2)
