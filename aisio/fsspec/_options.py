@@ -98,7 +98,7 @@ def _s3(cfg: ClientConfig, opts: dict[str, Any]) -> ClientConfig:
         s3["force_path_style"] = addressing == "path"
     if "signature_version" in botocore:
         version = botocore.pop("signature_version")
-        if str(version).upper() == "UNSIGNED":  # botocore.UNSIGNED's str() is 'UNSIGNED' too
+        if version == "UNSIGNED" or type(version).__name__ == "UNSIGNED":  # botocore.UNSIGNED
             s3["unsigned"] = True
         elif version not in ("s3v4", "v4"):
             raise ValueError(f"aisio signs with SigV4 only, not {version!r}")
