@@ -40,29 +40,25 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
 import torch.utils.data
 
 from .. import _bridge
 from .._bridge import Client, Reader, run
-from .._buffers import bytes_of, fresh_bytes
 from .._client import AsyncClient
 from .._config import ClientConfig
-from .._engine import Stream, _first_error
+from .._engine import Stream
 from .._readers import AsyncReader, ReaderConstructor
 from .._types import ObjectInfo
-from .._url import Location, parse_url
-from ..errors import InvalidURLError, ObjectChangedError
+from .._url import parse_url
+from ..errors import InvalidURLError, ObjectChangedError, first_error
 from ._listing import Listings
 from ._manifest import Manifest, load_manifest
 from ._order import Deal, Position, order_of
 from ._progress import Progress
 from ._resume import Pass, Settings, check_state, fingerprint
-
-if TYPE_CHECKING:
-    from .._backends import Backend
 
 __all__ = [
     "Entry",
@@ -218,39 +214,19 @@ def _rebuild_reader(url: str, data: bytes, pos: int) -> ObjectReader:
 # --- fetching ------------------------------------------------------------------------------------
 
 
-class _EtlBackend:
-    """An AIS backend whose GETs ask for the output of an ETL (``?etl_name=``)."""
-
-    def __init__(self, inner: Any, etl_name: str) -> None:
-        self._inner, self._etl_name = inner, etl_name
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def open_body(self, loc: Location, start: int, end: int | None, *,
-                        etag: str | None = None) -> Any:
-        return await self._inner.open_body(loc, start, end, etag=etag, etl_name=self._etl_name)
-
-
 def open_stream(aclient: AsyncClient, url: str, etl_name: str | None = None, *,
                 etag: str | None = None) -> Stream:
     """A resumable GET of the whole object (``etl_name``: its ETL output; ais:// only).
 
-    ``etag``: pinned to that version (``ObjectChangedError`` if the object has another).
+    ``etag``: pinned to that version (``ObjectChangedError`` if the object has another);
+    an ETL's output is not pinned.
     """
-    loc, backend = aclient.backend(url)
-    if loc.is_prefix:
-        raise InvalidURLError(f"URL names a prefix, not an object: {loc.url}", url=loc.url)
-    if etl_name:
-        from .._backends.ais import AISBackend
-
-        if not isinstance(backend, AISBackend):
-            raise InvalidURLError(
-                f"etl_name needs ais:// URLs (an ETL runs on an AIStore cluster): {loc.url}",
-                url=loc.url)
-        backend = cast("Backend", _EtlBackend(backend, etl_name))
-        etag = None  # an ETL's output is not the object's version
-    return aclient._engine.stream(backend, loc, etag=etag)
+    if etl_name and parse_url(url).scheme != "ais":
+        loc = parse_url(url)
+        raise InvalidURLError(
+            f"etl_name needs ais:// URLs (an ETL runs on an AIStore cluster): {loc.url}",
+            url=loc.url)
+    return aclient.stream(url, etag=etag, etl_name=etl_name or None)
 
 
 async def read_object(aclient: AsyncClient, url: str, etl_name: str | None = None, *,
@@ -260,13 +236,7 @@ async def read_object(aclient: AsyncClient, url: str, etl_name: str | None = Non
     ``etag``: the read is pinned to that version (``ObjectChangedError`` otherwise).
     """
     if not etl_name:
-        if etag is None:
-            return await aclient.get(url)
-        loc, backend = aclient.backend(url)
-        if loc.is_prefix:
-            raise InvalidURLError(f"URL names a prefix, not an object: {loc.url}", url=loc.url)
-        view, _, _ = await aclient._engine.read(backend, loc, etag=etag, alloc=fresh_bytes)
-        return bytes_of(view)
+        return await aclient.get(url, etag=etag)
     async with open_stream(aclient, url, etl_name) as stream:
         await stream.open()  # the first response tells the size of the ETL's output
         buf = bytearray(max(stream.object_size, 0))
@@ -487,7 +457,7 @@ class Pipe(Generic[T]):
             async with self._send:
                 await produce(self._send.send)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
 
     async def _take(self) -> list[T]:
         try:
@@ -532,7 +502,7 @@ async def gather(calls: Sequence[Callable[[], Awaitable[T]]], limit: int = 64) -
             for k in range(len(calls)):
                 tg.start_soon(one, k)
     except BaseExceptionGroup as group:
-        raise _first_error(group) from None
+        raise first_error(group) from None
     return out
 
 

@@ -26,9 +26,9 @@ import anyio
 from .._bridge import run
 from .._client import AsyncClient
 from .._config import ClientConfig
-from .._engine import _first_error
 from .._types import ObjectInfo
 from .._url import parse_url
+from ..errors import first_error
 
 __all__ = ["Manifest", "decode", "encode_line", "read_manifest", "write_manifest"]
 
@@ -141,7 +141,7 @@ async def count_shards(aclient: AsyncClient, infos: Sequence[ObjectInfo], limit:
             for k in range(len(infos)):
                 tg.start_soon(one, k)
     except BaseExceptionGroup as group:
-        raise _first_error(group) from None
+        raise first_error(group) from None
     return samples, members
 
 
