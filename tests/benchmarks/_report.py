@@ -41,6 +41,45 @@ TARGETS: list[dict[str, Any]] = [
     {"scenario": "5", "peer": "aisio get_into (reused buffers)",
      "vs": ["link reference (raw sockets)"], "goal": 0.9,
      "text": "aisio get_into (reused buffers) >= 90% of what the link allows"},
+    # scenario 8: the targets of issue 17 for throttling
+    {"scenario": "8", "peer": "aisio AsyncClient", "metric": "goodput_share", "goal": 0.9,
+     "fmt": "{:.0%}", "text": "aisio: throttled goodput >= 90% of the allowed rate"},
+    {"scenario": "8", "peer": "aisio AsyncClient", "metric": "min_share", "goal": 0.5,
+     "fmt": "{:.2f}", "text": "aisio: no client below half its fair share (slowest client's "
+                             "goodput / fair share >= 0.5)"},
+]
+
+# Ratios measured in the same run, reported without a goal (``goal`` None). ``field``: the
+# run's figure compared (default: the scenario's speed); ``lower``: smaller is better, and
+# the ratio is then the rival's figure over aisio's (above 1: aisio is ahead).
+RATIOS: list[dict[str, Any]] = [
+    {"scenario": "1f", "peer": "aisio async", "vs": "peers",
+     "text": "aisio async / best peer (fresh client, new tensor)"},
+    {"scenario": "1f", "peer": "aisio sync", "vs": "peers",
+     "text": "aisio sync / best peer (fresh client, new tensor)"},
+    {"scenario": "1f", "peer": "aisio async", "vs": ["local disk readinto (page cache)"],
+     "text": "aisio async / local disk readinto"},
+    {"scenario": "2f", "peer": "aisio StorageReader (default)",
+     "vs": ["s3torchconnector dcp_optimized"],
+     "text": "aisio StorageReader / s3torchconnector dcp_optimized (fresh, torch.empty)"},
+    {"scenario": "2f", "peer": "aisio StorageReader (default)",
+     "vs": ["torch FileSystemReader (local disk)"],
+     "text": "aisio StorageReader / torch FileSystemReader on local disk (fresh, torch.empty)"},
+    {"scenario": "6", "peer": "aisio", "vs": "peers",
+     "text": "first byte: best peer's seconds / aisio's (above 1: aisio starts sooner)"},
+    {"scenario": "6", "peer": "aisio", "vs": "peers", "field": "first_batch_s", "lower": True,
+     "text": "DataLoader first batch: best peer's seconds / aisio's"},
+    {"scenario": "7", "peer": "aisio StorageWriter", "vs": ["s3torchconnector S3StorageWriter"],
+     "text": "dcp.save: aisio StorageWriter / s3torchconnector S3StorageWriter"},
+    {"scenario": "7", "peer": "aisio StorageWriter", "vs": ["torch FileSystemWriter (local disk)"],
+     "text": "dcp.save: aisio StorageWriter / torch FileSystemWriter (local disk)"},
+    {"scenario": "7", "peer": "aisio StorageWriter (async_save)",
+     "vs": ["torch FileSystemWriter (local disk, async_save)"], "field": "stall_s", "lower": True,
+     "text": "async_save stall: torch FileSystemWriter's / aisio's (above 1: aisio stalls less)"},
+    {"scenario": "8", "peer": "aisio AsyncClient", "vs": "peers",
+     "text": "throttled goodput: aisio / best peer"},
+    {"scenario": "8", "peer": "aisio AsyncClient", "vs": "peers", "field": "throttled_share",
+     "lower": True, "text": "503 share: best peer's / aisio's (above 1: aisio draws fewer 503s)"},
 ]
 
 
@@ -105,10 +144,19 @@ NOTES: dict[str, str] = {
 
 
 def speed(unit: str, run: dict[str, Any]) -> float:
-    """GB/s (1e9 bytes per second) or items per second of one run."""
+    """GB/s (1e9 bytes per second), items per second, goodput (requests per second) or
+    seconds (``s``: lower is better) of one run."""
     if unit == "items/s":
         return float(run["items"]) / run["wall"]
+    if unit == "req/s":
+        return float(run["goodput"])
+    if unit == "s":
+        return float(run["seconds"])
     return float(run["bytes"]) / run["wall"] / 1e9
+
+
+def lower_is_better(unit: str) -> bool:
+    return unit == "s"
 
 
 def brief(unit: str, run: dict[str, Any]) -> str:
@@ -118,6 +166,15 @@ def brief(unit: str, run: dict[str, Any]) -> str:
         text += f"  p50 {run['p50_ms']:.0f} ms p99 {run['p99_ms']:.0f} ms"
     if "mem_above_share" in run:
         text += f"  above sd {run['mem_above_mib']:.0f} MiB ({run['mem_above_share']:.0%})"
+    if "stall_s" in run:
+        text += f"  stall {run['stall_s']:.2f}s"
+    if "first_batch_s" in run:
+        text += (f"  (import {run['import_s']:.2f} client {run['client_s']:.3f} GET "
+                 f"{run['get_s']:.3f})  first batch {run['first_batch_s']:.2f}s")
+    if "goodput_share" in run:
+        text += (f"  {run['goodput_share']:.0%} of allowed, 503s {run['throttled_share']:.0%}, "
+                 f"clients {run['min_share']:.2f}-{run['max_share']:.2f} of fair, "
+                 f"failed {run['failed_reads']}")
     return text
 
 
@@ -136,8 +193,10 @@ def summarize(results: dict[str, Any]) -> None:
             speeds = [speed(unit, r) for r in runs]
             row = {"speed": _median(speeds), "speed_min": min(speeds), "speed_max": max(speeds),
                    "runs": len(runs), "kind": sc["kinds"][label]}
-            for key in ("wall", "cpu", "peak_rss_mib", "tree_rss_mib", "p50_ms", "p99_ms",
-                        "mem_above_mib", "mem_above_share", "bytes", "items"):
+            keys = ["wall", "cpu", "peak_rss_mib", "tree_rss_mib", "p50_ms", "p99_ms",
+                    "mem_above_mib", "mem_above_share", "bytes", "items"]
+            keys += [c[0] for c in sc.get("columns", []) if c[0] not in keys]
+            for key in keys:
                 if key in runs[0]:
                     row[key] = _median([float(r[key]) for r in runs])
             if unit == "items/s":
@@ -145,21 +204,29 @@ def summarize(results: dict[str, Any]) -> None:
             summary[label] = row
         sc["summary"] = summary
     results["targets"] = [_verdict(t, results) for t in TARGETS if t["scenario"] in results["scenarios"]]
+    results["ratios"] = [_verdict({**t, "goal": None}, results) for t in RATIOS
+                         if t["scenario"] in results["scenarios"]]
 
 
 def _verdict(target: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
     sc = results["scenarios"][target["scenario"]]
-    out = {k: target[k] for k in ("scenario", "text", "goal")}
+    out: dict[str, Any] = {k: target[k] for k in ("scenario", "text", "goal", "fmt") if k in target}
     peer = target["peer"]
     runs = sc["runs"].get(peer) or []
     if not runs:
         out.update(status="pending" if peer in sc["pending"] else "not run",
                    why=sc["pending"].get(peer) or sc["errors"].get(peer, "")[:300])
         return out
+    lower = target.get("lower", lower_is_better(sc["unit"]))
     if "metric" in target:
         value = _median([float(r[target["metric"]]) for r in runs])
-        out.update(value=value, status="met" if value < target["goal"] else "not met")
+        met = value < target["goal"] if lower else value >= target["goal"]
+        out.update(value=value, status="met" if met else "not met")
         return out
+
+    def figure(run: dict[str, Any]) -> float:
+        return float(run[target["field"]]) if "field" in target else speed(sc["unit"], run)
+
     if target["vs"] == "peers":
         others = [n for n, k in sc["kinds"].items() if k == "peer" and sc["runs"].get(n)]
     else:
@@ -169,15 +236,22 @@ def _verdict(target: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
         return out
     ratios = []
     for r in runs:
-        rivals = {n: speed(sc["unit"], o) for n in others for o in sc["runs"][n]
-                  if o["round"] == r["round"]}
+        rivals = {n: figure(o) for n in others for o in sc["runs"][n] if o["round"] == r["round"]}
         if len(rivals) == len(others):  # a round counts only if every rival ran in it
-            ratios.append(speed(sc["unit"], r) / max(rivals.values()))
+            mine = figure(r)
+            if lower:
+                best = min(rivals.values())
+                ratios.append(best / mine if mine else float("inf"))
+            else:
+                best = max(rivals.values())
+                ratios.append(mine / best if best else float("inf"))
     if not ratios:
         out.update(status="not run", why="no round in which every rival ran")
         return out
     value = _median(ratios)
-    out.update(value=value, against=others, status="met" if value >= target["goal"] else "not met")
+    status = ("measured" if target["goal"] is None
+              else "met" if value >= target["goal"] else "not met")
+    out.update(value=value, against=others, status=status)
     return out
 
 
@@ -211,14 +285,15 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for t in results["targets"]:
-        if "value" in t:
-            value = f"{t['value']:.0%}" if "share" in t["text"] or "memory" in t["text"] \
-                else f"{t['value']:.2f}x"
-        else:
-            value = "-"
         status = {"met": "met", "not met": "**not met**"}.get(t["status"], t["status"])
         why = f" ({t['why']})" if t.get("why") else ""
-        lines.append(f"| {t['scenario']} | {t['text']} | {value} | {status}{why} |")
+        lines.append(f"| {t['scenario']} | {t['text']} | {_target_value(t)} | {status}{why} |")
+    if results.get("ratios"):
+        lines += ["", "## Ratios (no target; medians of per-round ratios, above 1: aisio ahead)",
+                  "", "| scenario | ratio | measured |", "|---|---|---|"]
+        for t in results["ratios"]:
+            why = f" ({t['why']})" if t.get("why") else ""
+            lines.append(f"| {t['scenario']} | {t['text']} | {_target_value(t)}{why} |")
     missed = sorted({t["scenario"] for t in results["targets"] if t["status"] == "not met"})
     if missed:
         lines += ["", "### Where the time goes (targets not met)", ""]
@@ -226,6 +301,10 @@ def markdown(results: dict[str, Any]) -> str:
     for key in sorted(results["scenarios"]):
         sc = results["scenarios"][key]
         lines += ["", f"## {key}. {sc['title']}", "", sc["description"], ""]
+        if results.get("merged_from") and sc.get("date"):
+            load = sc.get("load_average", [float("nan")] * 2)
+            lines += [f"Measured {sc['date']} ({sc.get('mode', results['mode'])} mode), load "
+                      f"average {load[0]:.1f} at its start and {load[1]:.1f} at its end.", ""]
         lines += _table(sc)
         for label, why in sc["pending"].items():
             lines.append(f"- {label}: pending: {why}")
@@ -240,6 +319,16 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"- {label}: failed: `{first[:200]}`")
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def _target_value(t: dict[str, Any]) -> str:
+    if "value" not in t:
+        return "-"
+    if "fmt" in t:
+        return str(t["fmt"]).format(t["value"])
+    if "memory" in t["text"]:
+        return f"{t['value']:.0%}"
+    return f"{t['value']:.2f}x"
 
 
 def _proxy_note(link: dict[str, Any]) -> str:
@@ -262,22 +351,33 @@ def _table(sc: dict[str, Any]) -> list[str]:
         extra = ["memory above state dict"]
     if unit == "items/s":
         extra = ["MB/s", "tree RSS MiB"]
-    head = ["peer", "kind", unit, "wall s", "CPU s", "peak RSS MiB", *extra]
-    best_peer = max((r["speed"] for r in summary.values() if r["kind"] == "peer"), default=0.0)
-    head.append("vs best peer")
+    columns = sc.get("columns") or []
+    if columns:
+        extra = [c[1] for c in columns]
+    lower = lower_is_better(unit)
+    unit_head = {"s": "seconds (first byte)", "req/s": "goodput req/s"}.get(unit, unit)
+    head = ["peer", "kind", unit_head, "wall s", "CPU s", "peak RSS MiB", *extra]
+    peers = [r["speed"] for r in summary.values() if r["kind"] == "peer"]
+    best_peer = (min(peers) if lower else max(peers)) if peers else 0.0
+    head.append("speed-up vs best peer" if lower else "vs best peer")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in summary.items():
-        fmt = "{:.2f}" if unit == "GB/s" else "{:.0f}"
+        fmt = "{:.2f}" if unit in ("GB/s", "s") else "{:.0f}"
         cells = [f"**{label}**" if r["kind"] == "aisio" else label, r["kind"],
                  f"{fmt.format(r['speed'])} ({fmt.format(r['speed_min'])}-{fmt.format(r['speed_max'])})",
                  f"{r['wall']:.2f}", f"{r['cpu']:.2f}", f"{r['peak_rss_mib']:.0f}"]
-        if extra == ["p50 ms", "p99 ms"]:
+        if columns:
+            cells += [c[2].format(r[c[0]] * c[3]) if c[0] in r else "-" for c in columns]
+        elif extra == ["p50 ms", "p99 ms"]:
             cells += [f"{r.get('p50_ms', float('nan')):.0f}", f"{r.get('p99_ms', float('nan')):.0f}"]
         elif extra == ["memory above state dict"]:
             cells.append(f"{r.get('mem_above_mib', 0):.0f} MiB ({r.get('mem_above_share', 0):.0%})")
         elif extra:
             cells += [f"{r.get('mb_per_s', 0):.0f}", f"{r.get('tree_rss_mib', 0):.0f}"]
-        cells.append(f"{r['speed'] / best_peer:.2f}x" if best_peer else "-")
+        if lower:
+            cells.append(f"{best_peer / r['speed']:.2f}x" if best_peer and r["speed"] else "-")
+        else:
+            cells.append(f"{r['speed'] / best_peer:.2f}x" if best_peer else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -311,10 +411,12 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
         ax.barh(labels, values, xerr=errs, color=[colors[r["kind"]] for _, r in items],
                 error_kw={"elinewidth": 0.8, "capsize": 2})
         for y, v in enumerate(values):
-            ax.text(v, y, f" {v:.2f}" if sc["unit"] == "GB/s" else f" {v:.0f}", va="center",
-                    fontsize=7)
+            ax.text(v, y, f" {v:.2f}" if sc["unit"] in ("GB/s", "s") else f" {v:.0f}",
+                    va="center", fontsize=7)
         ax.set_title(f"{sc['key']}. {sc['title']}", fontsize=9, loc="left")
-        ax.set_xlabel(sc["unit"] + " (median; bars: min-max)", fontsize=8)
+        what = {"s": "seconds to first byte, lower is better",
+                "req/s": "goodput, requests/s"}.get(sc["unit"], sc["unit"])
+        ax.set_xlabel(what + " (median; bars: min-max)", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"aisio benchmarks ({results['mode']} mode, {results['date']})", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / sum(heights)))  # room for the suptitle
