@@ -3,6 +3,13 @@
 Every GET of every reader goes through here, so each backend does single requests only.
 A failed GET is reopened at the first byte not yet received, pinned to the ETag of the
 first response, so a retried read never refetches bytes nor mixes object versions.
+
+A read of a whole object is checked against the checksum the store keeps for it, when a
+response states one (``Body.checksum``; see ``aisio._checksum`` for which are checked): a
+``Stream`` from byte 0 to the end hashes the bytes as they pass, and a read made of
+several parts hashes its buffer once they have all landed, with the checksum from the
+first response or, from S3, which gives none with ranged answers, from a HEAD sent
+alongside the parts. A mismatch is an IntegrityError. Ranged reads are never checked.
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 from ._backends._base import Backend, Body, HTTPBody
+from ._checksum import Checksum, Hasher
 from ._config import NEAR, ClientConfig
 from ._pace import Pace
 from ._planner import Span, coalesce, split
@@ -30,6 +39,7 @@ __all__ = ["Engine", "Statistics", "Stream"]
 _DISCARD = 2**20  # scratch for the gap bytes a coalesced GET reads between segments
 _EARNED = 256 * 1024  # bytes a response must bring (or all it was asked for) to earn retries back
 _FANOUT = 16  # parts of one read in flight at once from a near server
+_HASH_OFF_LOOP = 4 * 2**20  # whole reads at least this large are hashed in a worker thread
 _EMPTY = memoryview(b"")
 
 
@@ -136,8 +146,10 @@ class Engine:
             parts = split(first, total, part)
             if not parts:
                 handed = True
-                await self._finish(stream, view)
+                await self._finish(stream, view)  # a whole object: the stream checked it
                 return view, size, etag
+            whole = start == 0 and total == size
+            stored: list[Checksum | None] = [None]
             try:
                 async with anyio.create_task_group() as tg:
                     handed = True
@@ -145,8 +157,14 @@ class Engine:
                     fanout = self._fanout(backend, loc)
                     for a, b in parts:
                         tg.start_soon(self._fill, backend, loc, view[a:b], start + a, etag, fanout)
+                    ask = getattr(backend, "object_checksum", None) if whole else None
+                    if ask is not None and stream.object_checksum is None:
+                        tg.start_soon(_asked_checksum, ask, loc, etag, stored)
             except BaseExceptionGroup as group:
                 _raise_first(group)
+            checksum = stream.object_checksum or stored[0]
+            if whole and checksum is not None:
+                await _check_whole(loc.url, checksum, view)
             return view, size, etag
         finally:
             if not handed:
@@ -279,6 +297,27 @@ class Engine:
             await self._finish(stream, view)
 
 
+async def _asked_checksum(ask: Callable[[Location, str | None], Awaitable[Checksum | None]],
+                          loc: Location, etag: str | None, out: list[Checksum | None]) -> None:
+    """Ask the backend for the object's stored checksum; a failure only skips the check."""
+    try:
+        out[0] = await ask(loc, etag)
+    except Exception:  # the read's own result does not depend on this answer
+        out[0] = None
+
+
+async def _check_whole(url: str, checksum: Checksum, view: memoryview) -> None:
+    """Check a whole object's bytes against ``checksum``; large ones off the event loop."""
+    hasher = checksum.hasher()
+    if hasher is None:
+        return
+    if len(view) >= _HASH_OFF_LOOP:
+        await anyio.to_thread.run_sync(hasher.update, view)
+    else:
+        hasher.update(view)
+    checksum.check(url, hasher.value)
+
+
 def _raise_first(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     """Raise the error that failed a task group without the group; its cause is kept."""
     error = _first_error(group)
@@ -301,6 +340,9 @@ class Stream:
 
     Pinned to the ETag of its first response: every later response must carry the same one
     (whether or not the server honoured If-Match), so a resumed read cannot mix versions.
+    A stream over a whole object whose first response states the object's checksum
+    (``object_checksum``) hashes what it reads and raises IntegrityError at the end if the
+    bytes differ.
     ``max_attempts`` counts failures in a row; a response earns them back only by bringing
     ``_EARNED`` bytes (or all it was asked for), so a fault that recurs on every response
     ends in TransientError after a bounded number of requests.
@@ -321,6 +363,9 @@ class Stream:
         self._first_throttle = 0.0
         self._opened_at = start  # position when the current response began
         self._pace = engine.pace(backend, loc.bucket)
+        self.object_checksum: Checksum | None = None
+        """The whole object's checksum, as the first response stated it (None: it did not)."""
+        self._hasher: Hasher | None = None  # set while the stream hashes a whole object
 
     async def __aenter__(self) -> Stream:
         return self
@@ -369,11 +414,14 @@ class Stream:
                             f"{self.loc.url} changed while it was being read (ETag "
                             f"{redact(str(body.etag))[:80]}, the read began with {redact(self.etag)[:80]})",
                             url=self.loc.url)
+                    first = self.object_size < 0
                     self.object_size = body.object_size
                     if self.object_size < 0:  # e.g. Content-Range: bytes a-b/*
                         self.object_size = await self._size_by_head()
                     if self.end is None or self.end > self.object_size:
                         self.end = self.object_size
+                    if first and self.position == 0:
+                        self._start_hashing(body)
                     if self.position >= self.end:
                         return 0
                 if not view:
@@ -409,7 +457,28 @@ class Stream:
                 self._failures = 0
             if n == 0 or self.position >= (self.object_size if self.end is None else self.end):
                 await self.aclose()  # the range is done: free its connection now
+            if self._hasher is not None:
+                self._hashed(view, n)
             return n
+
+    def _start_hashing(self, body: Body) -> None:
+        """After the first response from byte 0: hash the read if it spans the whole object."""
+        checksum = getattr(body, "checksum", None)  # bodies that never state one lack it
+        self.object_checksum = checksum
+        if checksum is not None and self.end == self.object_size:
+            self._hasher = checksum.hasher()
+            if self._hasher is not None and self.object_size == 0:
+                self._hashed(_EMPTY, 0)
+
+    def _hashed(self, view: memoryview, n: int) -> None:
+        """Hash the ``n`` bytes just read; at the end of the object, check them."""
+        hasher = self._hasher
+        assert hasher is not None and self.object_checksum is not None
+        if n:
+            hasher.update(view[:n])
+        if self.position >= self.object_size:
+            self._hasher = None
+            self.object_checksum.check(self.loc.url, hasher.value)
 
     async def _slowed_down(self, exc: Exception) -> bool:
         """After a throttle: pace this bucket down and wait; False once throttle_timeout is over."""

@@ -6,6 +6,7 @@
     ├── AccessDeniedError      (also PermissionError)  credentials or policy refused it
     ├── RangeError             (also ValueError)       a byte range outside the object
     ├── ObjectChangedError                             the object changed while being read
+    ├── IntegrityError                                 bytes do not match their checksum
     ├── TransientError                                 retries exhausted; ``__cause__`` is the last
     ├── RequestError                                   any other refusal by the store
     ├── ClosedError            (also ValueError)       the reader, writer or client is closed
@@ -23,6 +24,7 @@ __all__ = [
     "AccessDeniedError",
     "AisioError",
     "ClosedError",
+    "IntegrityError",
     "InvalidURLError",
     "MissingDependencyError",
     "ObjectChangedError",
@@ -73,6 +75,23 @@ class RangeError(AisioError, ValueError):
 
 class ObjectChangedError(AisioError):
     """The object was replaced while it was being read; no mixed bytes are returned."""
+
+
+class IntegrityError(AisioError):
+    """Bytes do not match the checksum stored or sent with them: a whole-object read whose
+    checksum differs from the store's, a store that refused an upload's checksum, or a
+    checkpoint item that differs from its metadata. Never retried: the caller decides.
+
+    ``algorithm`` names the checksum (``"crc32c"``, ...); ``expected`` and ``actual`` are
+    its values as the store (or metadata) and aisio have them, when known.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, algorithm: str | None = None,
+                 expected: str | None = None, actual: str | None = None) -> None:
+        super().__init__(message, url=url)
+        self.algorithm = algorithm
+        self.expected = expected
+        self.actual = actual
 
 
 class TransientError(AisioError):

@@ -17,6 +17,7 @@ from .._types import ObjectInfo
 from .._url import Location
 
 if TYPE_CHECKING:
+    from .._checksum import Checksum
     from .._http import Response
 
 __all__ = ["Backend", "Body", "HTTPBody", "Upload", "checked_size", "unsatisfied_size",
@@ -28,6 +29,11 @@ class Body(Protocol):
 
     ``object_size`` and ``etag`` describe the whole object (from Content-Range or
     Content-Length, and ETag), so the first GET of a read also plans the rest of it.
+
+    A body may also have ``checksum``: the whole object's checksum (an
+    ``aisio._checksum.Checksum``) when the response states one for all of the object's
+    bytes, which the engine checks a whole-object read against; bodies without the
+    attribute (files, the cache) are not checked.
     """
 
     @property
@@ -99,13 +105,15 @@ class Backend(Protocol):
 class HTTPBody:
     """A data GET's body on the zero-copy pool, with what its headers say of the object."""
 
-    __slots__ = ("_response", "etag", "latency", "object_size")
+    __slots__ = ("_response", "checksum", "etag", "latency", "object_size")
 
-    def __init__(self, response: Response, object_size: int, etag: str | None) -> None:
+    def __init__(self, response: Response, object_size: int, etag: str | None,
+                 checksum: Checksum | None = None) -> None:
         self._response = response
         self.object_size = object_size
         self.etag = etag
         self.latency = response.waited
+        self.checksum = checksum
 
     def readinto(self, view: memoryview) -> Coroutine[Any, Any, int]:
         return self._response.readinto(view)  # the response's own coroutine: one level less

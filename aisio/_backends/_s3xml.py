@@ -16,6 +16,7 @@ from .._types import ObjectInfo
 from .._url import Location, redact
 from ..errors import (
     AccessDeniedError,
+    IntegrityError,
     InvalidURLError,
     ObjectChangedError,
     ObjectNotFoundError,
@@ -31,6 +32,9 @@ __all__ = ["complete_body", "listing", "parse", "server_text", "status_error", "
 NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"}
 DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
           "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
+CHECKSUM_REFUSED = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch",
+                    "XAmzContentSHA256Mismatch"}
+"""What S3 (and its kin) answer when a body does not match the checksum sent with it."""
 THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "TooManyRequests",
              "RequestLimitExceeded"}
 
@@ -66,6 +70,9 @@ def status_error(loc: Location, status: int, code: str, message: str, headers: M
         return RangeError(f"range not satisfiable for {url} ({text})", url=url)
     if code == "PreconditionFailed" or status == 412:
         return ObjectChangedError(f"{url} changed while it was being read", url=url)
+    if code in CHECKSUM_REFUSED or (code == "InvalidRequest" and "checksum" in text.lower()):
+        return IntegrityError(f"{url}: the store refused the upload's checksum ({code}: {text}); "
+                              "the bytes were corrupted on their way to it", url=url)
     if code in ("InvalidBucketName", "KeyTooLongError"):
         return InvalidURLError(f"invalid URL {url} ({code}: {text})", url=url)
     retry_after = None
@@ -142,9 +149,20 @@ def upload_id(loc: Location, body: bytes) -> str:
     return found
 
 
-def complete_body(parts: Mapping[int, str]) -> bytes:
-    """The CompleteMultipartUpload document for parts {number: ETag}."""
-    items = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{_escape(e)}</ETag></Part>"
+def complete_body(parts: Mapping[int, str], checksums: Mapping[int, str] | None = None,
+                  algorithm: str = "") -> bytes:
+    """The CompleteMultipartUpload document for parts {number: ETag}.
+
+    ``checksums``: {number: base64 value} of each part's ``algorithm`` checksum, which S3
+    requires in the list once the upload declared an algorithm.
+    """
+    tag = f"Checksum{algorithm.upper()}"
+
+    def extra(n: int) -> str:
+        value = (checksums or {}).get(n)
+        return f"<{tag}>{_escape(value)}</{tag}>" if value else ""
+
+    items = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{_escape(e)}</ETag>{extra(n)}</Part>"
                     for n, e in sorted(parts.items()))
     return f"<CompleteMultipartUpload>{items}</CompleteMultipartUpload>".encode()
 

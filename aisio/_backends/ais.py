@@ -20,6 +20,15 @@ client's lifetime. The token never appears in a message, repr or log.
 
 AIS has no ``If-Match``: an ETag check compares the object's version (or checksum) in the
 response headers with the expected one and raises ObjectChangedError on a difference.
+
+Integrity: a PUT carries its CRC32C (``ais-checksum-type: crc32c``, ``ais-checksum-value``),
+which the target always verifies before it stores the object; a refusal ("BAD DATA
+CHECKSUM", HTTP 500) is an IntegrityError, never retried. The native multipart API has no
+per-part checksum but SHA-256, which would cost more than the upload, so parts go without.
+GETs carry the object's checksum (``ais-checksum-*``, the bucket's type, on ranged answers
+too): the engine checks whole-object reads against it when the type is cheap to compute
+(crc32c, xxhash, xxhash2; md5 and sha* are not checked). GETs of a shard's member or of
+an ETL's output carry the object's checksum, not that of the bytes sent: never checked.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import io
 import json
 import ssl
 import tarfile
+import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,10 +49,11 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urljoin, urlsplit
 
 import anyio
+import anyio.to_thread
 import httpx
 import msgpack
 
-from .. import _http
+from .. import _checksum, _http
 from .._config import ClientConfig
 from .._logging import guard_sdk_loggers
 from .._retry import RetryPolicy, retrying
@@ -51,6 +62,7 @@ from .._url import Location, redact
 from ..errors import (
     AccessDeniedError,
     AisioError,
+    IntegrityError,
     InvalidURLError,
     ObjectChangedError,
     ObjectNotFoundError,
@@ -70,6 +82,7 @@ _ENTRY_IS_DIR = 1 << 8
 _MAX_CACHED_TARGETS = 65536
 _MSGPACK = "application/msgpack"
 _JSON_KEYS = {"name": "n", "checksum": "cs", "version": "v", "size": "s", "flags": "f"}
+_BAD_CHECKSUM = "BAD DATA CHECKSUM"  # how a target says the bytes do not match their checksum
 
 
 def _etag(headers: Mapping[str, str]) -> str | None:
@@ -96,6 +109,7 @@ def _byte_view(view: memoryview) -> memoryview:
 
 
 _PAGE_LIMIT = 64 * 2**20  # a list page of 10,000 entries is about 1 MiB
+_HASH_OFF_LOOP = 4 * 2**20  # upload bodies at least this large are hashed in a worker thread
 
 
 @dataclass
@@ -313,7 +327,8 @@ class AISBackend:
             self._targets.pop(key, None)
         # The gateway needs no body to redirect: do not upload it twice.
         probe = b"" if method == "PUT" else body
-        resp = await self._send(method, gateway + path, params=query, headers=headers,
+        resp = await self._send(method, gateway + path, params=query,
+                                headers=headers if probe is body else _unchecked(headers),
                                 body=probe, fast=fast, expected=expected)
         target = await self._redirect_target(resp, gateway)
         if target is None:
@@ -373,6 +388,8 @@ class AISBackend:
         status = resp.status
         text = self._scrub(f"{loc.url}: {message.strip()[:500] or 'error'} (HTTP {status})")
         url = loc.url
+        if _BAD_CHECKSUM in message:
+            return IntegrityError(f"{text}: the bytes do not match their checksum", url=url)
         if status == 404:
             return ObjectNotFoundError(text, url=url)
         if status in (401, 403):
@@ -405,12 +422,12 @@ class AISBackend:
     async def _call(
         self, loc: Location, method: str, *, params: Mapping[str, str] | None = None,
         body: bytes | memoryview | None = None, json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[Mapping[str, str], bytes]:
         """A whole (unstreamed) object request, retried on transient failures."""
-        headers = None
         if json_body is not None:
             body = json.dumps(json_body).encode()
-            headers = {"Content-Type": "application/json"}
+            headers = {**(headers or {}), "Content-Type": "application/json"}
 
         async def attempt() -> tuple[Mapping[str, str], bytes]:
             async with self._slots:
@@ -514,7 +531,8 @@ class AISBackend:
             await resp.aclose()
             raise
         assert isinstance(resp.stream, _http.Response)
-        return HTTPBody(resp.stream, size, got)
+        checksum = None if archpath or etl_name else _checksum.from_ais(resp.headers)
+        return HTTPBody(resp.stream, size, got, checksum)
 
     def variant(self, *, etl_name: str | None = None, archpath: str | None = None) -> _Variant:
         """This backend with every GET asking for an ETL's output or a file inside a shard."""
@@ -527,7 +545,16 @@ class AISBackend:
 
     async def put(self, loc: Location, data: memoryview) -> ObjectInfo:
         self._need_key(loc)
-        headers, _ = await self._call(loc, "PUT", body=data)
+        data = _byte_view(data)
+        algorithm = _checksum.upload_algorithm()
+        if len(data) < _HASH_OFF_LOOP:
+            crc = _checksum.crc32c(data) if algorithm == "crc32c" else zlib.crc32(data)
+        else:
+            fn = _checksum.crc32c if algorithm == "crc32c" else zlib.crc32
+            crc = await anyio.to_thread.run_sync(fn, data, 0)
+        sent = {} if algorithm != "crc32c" else {  # AIS checks crc32c, not zlib's CRC32
+            "ais-checksum-type": "crc32c", "ais-checksum-value": _checksum.ais_value(algorithm, crc)}
+        headers, _ = await self._call(loc, "PUT", body=data, headers=sent or None)
         if _etag(headers) is None:
             return await self.head(loc)
         return self._info(loc, headers, len(_byte_view(data)))
@@ -614,6 +641,13 @@ class _Variant:
                         etag: str | None = None) -> HTTPBody | _EmptyBody:
         return await self._inner.open_body(loc, start, end, etag=etag, archpath=self._archpath,
                                            etl_name=self._etl_name)
+
+
+def _unchecked(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """``headers`` without the checksum of a body that is not sent (the gateway's probe)."""
+    if not headers or "ais-checksum-type" not in headers:
+        return headers
+    return {k: v for k, v in headers.items() if not k.startswith("ais-checksum-")}
 
 
 def _decode_page(loc: Location, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:

@@ -14,6 +14,16 @@ Other set-ups (a custom endpoint with virtual-host buckets, an endpoint with a p
 with no region known, the China partition) keep botocore's endpoint rules: ``_s3sdk``.
 
 Retries are aisio's (``aisio._retry``): one policy governs every request.
+
+Integrity (``aisio._checksum``): every PUT and UploadPart carries its CRC32C
+(``x-amz-checksum-crc32c``), which S3 verifies before it stores anything; a multipart
+upload is declared CRC32C ``FULL_OBJECT`` and completed with the whole object's CRC
+(combined from the parts'), so the object ends up with a checksum a read can check. Every
+GET asks for the stored checksum (``x-amz-checksum-mode: ENABLED``, signed into the URL);
+a response that covers the whole object hands it to the engine, which checks the bytes.
+A store that refuses a checksum answers BadDigest (or InvalidRequest about a checksum):
+IntegrityError, not retried. Stores that accept the headers but keep nothing (Ceph RGW
+before Squid) just return no checksum, and reads go unchecked.
 """
 
 from __future__ import annotations
@@ -23,12 +33,15 @@ import contextlib
 import email.utils
 import ipaddress
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.to_thread
 
-from .. import _http
+from .. import _checksum, _http
+from .._checksum import Checksum
 from .._config import ClientConfig
 from .._retry import RetryPolicy, naming, retrying
 from .._types import ObjectInfo
@@ -45,6 +58,8 @@ __all__ = ["S3Backend"]
 _PRESIGN_SECONDS = 3600
 _PRESIGN_CACHE = 10_000
 _BODY_LIMIT = 16 * 2**20  # a control answer longer than this is malformed (a list page: ~300 KiB)
+_CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}  # answers carry the stored checksum
+_HASH_OFF_LOOP = 4 * 2**20  # bodies at least this large are hashed in a worker thread
 
 
 def _addressing(config: ClientConfig) -> tuple[str | None, str] | None:
@@ -89,22 +104,39 @@ def _plain_signer(config: ClientConfig) -> Signer | None:
 class _Upload:
     """A multipart upload aisio drives itself: parts PUT by number, then completed."""
 
-    def __init__(self, backend: S3Backend, loc: Location, upload_id: str) -> None:
+    def __init__(self, backend: S3Backend, loc: Location, upload_id: str, algorithm: str) -> None:
         self._backend, self._loc, self._id = backend, loc, upload_id
+        self._algorithm = algorithm
         self._etags: dict[int, str] = {}
+        self._crcs: dict[int, tuple[int, int]] = {}  # part number -> (CRC, length)
         self._done = False
 
     async def upload_part(self, number: int, offset: int, data: memoryview) -> None:
         query = {"partNumber": str(number), "uploadId": self._id}
-        response = await self._backend._control(self._loc, "PUT", query=query, body=data)
+        crc = await _crc(self._algorithm, data)
+        response = await self._backend._control(self._loc, "PUT", query=query, body=data,
+                                                headers=_checksum_headers(self._algorithm, crc))
         etag = response.headers.get("etag")
         if not etag:
             raise RequestError(f"{self._loc.url}: part {number} was answered without an ETag",
                                url=self._loc.url)
         self._etags[number] = etag
+        self._crcs[number] = (crc, len(data))
+
+    def _whole_crc(self) -> int:
+        """The CRC of the whole object, combined from its parts' in order."""
+        total = 0
+        for number in sorted(self._crcs):
+            crc, length = self._crcs[number]
+            total = _checksum.combine(self._algorithm, total, crc, length)
+        return total
 
     async def complete(self) -> ObjectInfo:
-        body = _s3xml.complete_body(self._etags)
+        algorithm = self._algorithm
+        checksums = {n: _checksum.s3_value(algorithm, crc) for n, (crc, _) in self._crcs.items()}
+        body = _s3xml.complete_body(self._etags, checksums, algorithm)
+        headers = {**_checksum_headers(algorithm, self._whole_crc(), sdk=False),
+                   "x-amz-checksum-type": "FULL_OBJECT"}
         tries = 0
 
         async def attempt() -> None:
@@ -112,7 +144,7 @@ class _Upload:
             tries += 1
             try:
                 await self._backend._control(self._loc, "POST", query={"uploadId": self._id},
-                                             body=body, once=True, complete=True)
+                                             body=body, once=True, complete=True, headers=headers)
             except ObjectNotFoundError:
                 if tries == 1:  # NoSuchUpload on a retry: the first try did complete it
                     raise
@@ -170,8 +202,12 @@ class S3Backend:
         return origin, f"/{bucket}" + ("" if key is None else f"/{key}")
 
     async def _url(self, loc: Location, method: str, key: str | None,
-                   query: Mapping[str, str] | None = None) -> tuple[str, float]:
-        """A presigned URL for one request, and until when (monotonic) it may be reused."""
+                   query: Mapping[str, str] | None = None,
+                   headers: Mapping[str, str] | None = None) -> tuple[str, float]:
+        """A presigned URL for one request, and until when (monotonic) it may be reused.
+
+        ``headers``: x-amz-* headers the request carries besides the payer's, signed with it.
+        """
         base, path = self._target(loc.bucket, key)
         now = time.monotonic()
         if self._creds is None:
@@ -187,8 +223,9 @@ class S3Backend:
         lifetime = _PRESIGN_SECONDS
         if creds.expires is not None:  # a URL signed by temporary keys dies with them
             lifetime = max(1, min(lifetime, int(creds.expires - time.time())))
+        signed = {**self._payer, **headers} if headers else self._payer
         url = self._signer[1].presign(base, path, lifetime, method=method, query=query,
-                                      headers=self._payer)
+                                      headers=signed)
         return url, now + lifetime / 2
 
     async def _signed_url(self, loc: Location) -> str:
@@ -202,7 +239,7 @@ class S3Backend:
             url = await self._sdk.presign_get(loc, _PRESIGN_SECONDS)
             until = time.monotonic() + _PRESIGN_SECONDS / 2
         else:
-            url, until = await self._url(loc, "GET", loc.key)
+            url, until = await self._url(loc, "GET", loc.key, headers=_CHECKSUM_MODE)
         self._signed[key] = (url, until)
         while len(self._signed) > _PRESIGN_CACHE:
             self._signed.popitem(last=False)
@@ -213,15 +250,19 @@ class S3Backend:
     async def _control(
         self, loc: Location, method: str, *, key: str | None = "", query: Mapping[str, str] | None = None,
         body: bytes | memoryview | None = None, once: bool = False, complete: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> _Answer:
         """One control request, retried unless ``once``; errors mapped, the body read (capped).
 
         ``key=""`` means the object of ``loc``; None, its bucket. ``complete``: a 200 may
         carry an error document (CompleteMultipartUpload does), read it as an error.
+        ``headers``: x-amz-* headers to send (and sign) besides the payer's.
         """
+        sent = {**self._payer, **headers} if headers else self._payer
+
         async def attempt() -> _Answer:
-            url, _ = await self._url(loc, method, loc.key if key == "" else key, query)
-            response = await self._pool.request(method, url, self._payer or None, body)
+            url, _ = await self._url(loc, method, loc.key if key == "" else key, query, headers)
+            response = await self._pool.request(method, url, sent or None, body)
             try:
                 data = await response.read(limit=_BODY_LIMIT + 1) if method != "HEAD" else b""
             finally:
@@ -284,11 +325,24 @@ class S3Backend:
             seen.add(token)
             query["continuation-token"] = token
 
+    async def object_checksum(self, loc: Location, etag: str | None) -> Checksum | None:
+        """The stored full-object checksum of ``loc`` (a HEAD that asks for it), for a read made
+        of several ranged GETs, whose answers carry none; None if there is none to check or
+        the object is no longer the version ``etag`` names."""
+        if self._sdk is not None:
+            return None  # botocore's presigned requests do not ask for checksums
+        answer = await self._control(loc, "HEAD", headers=_CHECKSUM_MODE)
+        if etag is not None and _bare(answer.headers.get("etag")) != _bare(etag):
+            return None
+        return _checksum.from_s3(answer.headers)
+
     async def open_body(
         self, loc: Location, start: int, end: int | None, *, etag: str | None = None
     ) -> HTTPBody:
         self._need_key(loc)
         headers: dict[str, str] = dict(self._payer)
+        if self._sdk is None:
+            headers.update(_CHECKSUM_MODE)  # signed into the URL
         if end is not None:
             headers["Range"] = f"bytes={start}-{end - 1}"
         elif start:
@@ -303,7 +357,10 @@ class S3Backend:
             except BaseException:
                 await response.aclose()
                 raise
-            return HTTPBody(response, size, response.headers.get("etag"))
+            checksum = None
+            if start == 0 and size >= 0 and response.content_length == size:
+                checksum = _checksum.from_s3(response.headers)  # ranged answers: none, or a part's
+            return HTTPBody(response, size, response.headers.get("etag"), checksum)
         try:
             body = await response.read(limit=_http.ERROR_BODY_LIMIT)
         finally:
@@ -320,7 +377,9 @@ class S3Backend:
             return await self._sdk.put(loc, data)
         if data.format != "B" or data.ndim != 1:
             data = data.cast("B")
-        answer = await self._control(loc, "PUT", body=data)
+        algorithm = _checksum.upload_algorithm()
+        headers = _checksum_headers(algorithm, await _crc(algorithm, data))
+        answer = await self._control(loc, "PUT", body=data, headers=headers)
         self._signed.pop((loc.bucket, loc.key), None)
         return ObjectInfo(loc.url, len(data), answer.headers.get("etag"))
 
@@ -328,8 +387,10 @@ class S3Backend:
         self._need_key(loc)
         if self._sdk is not None:
             return await self._sdk.create_upload(loc)
-        answer = await self._control(loc, "POST", query={"uploads": ""})
-        return _Upload(self, loc, _s3xml.upload_id(loc, answer.body))
+        algorithm = _checksum.upload_algorithm()
+        headers = {"x-amz-checksum-algorithm": algorithm.upper(), "x-amz-checksum-type": "FULL_OBJECT"}
+        answer = await self._control(loc, "POST", query={"uploads": ""}, headers=headers)
+        return _Upload(self, loc, _s3xml.upload_id(loc, answer.body), algorithm)
 
     async def delete(self, loc: Location) -> None:
         await self.head(loc)  # S3 deletes are idempotent; say when nothing was there
@@ -343,6 +404,27 @@ class S3Backend:
         await self._pool.aclose()
         if self._sdk is not None:
             await self._sdk.aclose()
+
+
+def _bare(etag: str | None) -> str:
+    """An ETag without quotes or the weak marker, for comparing two answers'."""
+    return (etag or "").removeprefix("W/").strip('"')
+
+
+def _checksum_headers(algorithm: str, crc: int, *, sdk: bool = True) -> dict[str, str]:
+    """The headers that send ``crc`` for S3 to verify (and the SDKs' algorithm header with it)."""
+    headers = {f"x-amz-checksum-{algorithm}": _checksum.s3_value(algorithm, crc)}
+    if sdk:
+        headers["x-amz-sdk-checksum-algorithm"] = algorithm.upper()
+    return headers
+
+
+async def _crc(algorithm: str, data: memoryview) -> int:
+    """The CRC of an upload's body; large bodies in a worker thread, off the event loop."""
+    fn = _checksum.crc32c if algorithm == "crc32c" else zlib.crc32
+    if len(data) < _HASH_OFF_LOOP:
+        return fn(data, 0)
+    return await anyio.to_thread.run_sync(fn, data, 0)
 
 
 class _Answer:
