@@ -40,6 +40,7 @@ __all__ = [
     "crc32c",
     "from_ais",
     "from_s3",
+    "function",
     "hasher",
     "s3_value",
     "upload_algorithm",
@@ -86,6 +87,14 @@ def crc32c(data: Any, value: int = 0) -> int:
     return fn(data, value)
 
 
+def function(algorithm: str) -> _Fn:
+    """``fn(data, value) -> value`` of an upload algorithm (``upload_algorithm()``'s answer)."""
+    fn = _load(algorithm)
+    if fn is None or algorithm not in _POLY:
+        raise ValueError(f"{algorithm!r} is not an algorithm uploads use here")
+    return fn
+
+
 def upload_algorithm() -> str:
     """The checksum uploads carry: CRC32C, or zlib's CRC32 where the crc32c package is missing."""
     return "crc32c" if _load("crc32c") is not None else "crc32"
@@ -127,8 +136,8 @@ def combine(algorithm: str, crc1: int, crc2: int, len2: int) -> int:
     CRC(A + B) = CRC(A) * x^(8 len2) + CRC(B) mod p: the pre- and post-conditioning of
     the standard CRCs cancel out. About popcount(len2) polynomial products, each 32 steps.
     """
-    if len2 <= 0:
-        return crc1
+    if len2 < 0:
+        raise ValueError(f"a length cannot be negative: {len2}")
     poly, table = _POLY[algorithm], _powers(algorithm)
     shift = 1 << 31  # x^0
     n, k = len2, 3  # x^(8 len2) = product of x^(2^k) over the bits of len2, k from 3

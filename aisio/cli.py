@@ -1,5 +1,5 @@
 """The ``aisio`` command: ls, cat, cp, stat and bench over s3://, ais:// and local paths;
-``cache ls|du|clear`` for the local cache.
+``cache ls|du|clear`` for the local cache; ``verify`` to check a DCP checkpoint.
 
 Each command builds one ``AsyncClient`` and runs in one ``asyncio.run``; nothing here
 goes through the sync bridge. Settings come from ``ClientConfig.from_env()`` (AWS_*,
@@ -700,6 +700,33 @@ async def cmd_manifest(client: AsyncClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_verify(client: AsyncClient, args: argparse.Namespace) -> int:
+    """``verify URL``: check a DCP checkpoint without loading it (``aisio.torch.dcp.verify``):
+    every file read front to back, each item against its size and recorded CRC. A damaged
+    checkpoint is an IntegrityError listing what is wrong: exit status 1."""
+    from .torch import dcp  # torch only for this command
+
+    report = await dcp.averify(client, args.url, args.rank)
+    print(f"{printable(report.url)}: ok: {report.files} files, {report.items} items "
+          f"({report.checksummed} checked by CRC, {report.items - report.checksummed} by size), "
+          f"{human(report.bytes_read)} read")
+    return EXIT_OK
+
+
+def _add_verify_command(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("verify", "check a DCP checkpoint without loading it",
+                "Read every .distcp file of the torch.distributed.checkpoint at URL and check "
+                "each stored item against the metadata: its place in the file, and the CRC32C "
+                "aisio's StorageWriter recorded for it (checkpoints from torch's own writer "
+                "have none: sizes only). Whole files are also checked against the store's own "
+                "checksum where it keeps one. Exit status 1 if anything is wrong. Needs torch.",
+                "  aisio verify s3://bucket/checkpoints/step-1000\n"
+                "  aisio verify --rank 3 ./ckpt    # saved without collectives: __3.metadata")
+    p.add_argument("url", metavar="URL", help="the checkpoint's folder")
+    p.add_argument("--rank", type=int, default=None, metavar="N",
+                   help="read __N.metadata (a checkpoint saved without collectives)")
+
+
 def _add_manifest_command(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("manifest", "write a listing that datasets read instead of listing",
                 "List every object under PREFIX (recursively) and write OUT_URL: one line per "
@@ -717,9 +744,9 @@ def _add_manifest_command(command: Callable[..., argparse.ArgumentParser]) -> No
 
 _COMMANDS: dict[str, Callable[[AsyncClient, argparse.Namespace], Any]] = {
     "ls": cmd_ls, "cat": cmd_cat, "cp": cmd_cp, "stat": cmd_stat, "bench": cmd_bench,
-    "cache": cmd_cache, "manifest": cmd_manifest,
+    "cache": cmd_cache, "manifest": cmd_manifest, "verify": cmd_verify,
 }
-_WRITES_STDOUT = frozenset({"ls", "cat", "stat", "bench", "cache"})
+_WRITES_STDOUT = frozenset({"ls", "cat", "stat", "bench", "cache", "verify"})
 
 _EPILOG = """\
 URLs: s3://bucket/key, ais://bucket/object (ais://bucket/key?provider=aws for a bucket
@@ -833,6 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_cache_command(command)
     _add_manifest_command(command)
+    _add_verify_command(command)
     return parser
 
 

@@ -18,6 +18,12 @@ client asked for and what it got:
   Content-Range, wrong bytes);
 - ``lie_range``: rewrite the response's Content-Range start (right bytes, wrong label);
 - ``ignore_range``: drop the request's Range header (the server answers 200, whole object).
+- ``flip``: invert one byte of the response body (at ``after``, else ``fraction`` of it),
+  framing and length intact: the silent corruption a checksum exists to catch;
+- ``flip_request``: the same to one byte of the request's body (an upload), on its way to
+  the server.
+
+The flips apply to bodies framed by Content-Length (data GETs and uploads are).
 
 It understands HTTP/1.1 framing (Content-Length, chunked, read-until-close, HEAD, 1xx
 interim responses, ``Expect: 100-continue``), keeps connections alive as the peers do,
@@ -57,7 +63,7 @@ __all__ = [
 ]
 
 KINDS = ("reset", "short", "stall", "delay", "status", "drop", "shift_range", "lie_range",
-         "ignore_range")
+         "ignore_range", "flip", "flip_request")
 BODY_KINDS = frozenset({"reset", "short", "stall"})
 _CHUNK = 256 * 1024
 _LIMIT = 1 << 20  # longest head line the proxy reads
@@ -69,7 +75,8 @@ class Fault:
 
     kind: str
     after: int | None = None
-    """Body bytes forwarded before a reset, short close or stall; None: ``fraction`` of it."""
+    """Body bytes forwarded before a reset, short close or stall (or the offset of the byte a
+    flip inverts); None: ``fraction`` of the body."""
     fraction: float = 0.5
     status: int = 503
     code: str = "SlowDown"
@@ -228,13 +235,17 @@ class _Head:
 class _Out:
     """The client side of one response; raises _Cut once ``limit`` body bytes went out."""
 
-    def __init__(self, writer: asyncio.StreamWriter, limit: int | None, record: Exchange) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, limit: int | None, record: Exchange,
+                 flip: int | None = None) -> None:
         self.writer = writer
         self.limit = limit
         self.record = record  # its body_bytes grows as bytes go out, before the client has them
+        self.flip = flip  # offset of the body byte to invert on its way, if any
 
     async def body(self, data: bytes) -> None:
         sent = self.record.body_bytes
+        if self.flip is not None and sent <= self.flip < sent + len(data):
+            data = _flipped(data, self.flip - sent)
         if self.limit is not None and sent + len(data) > self.limit:
             part = data[: self.limit - sent]
             if part:
@@ -475,8 +486,13 @@ class FaultProxy:
         ureader, uwriter = upstream
         record.stage = "forwarded"
         uwriter.write(req.encode())
+        flip = None
+        if fault is not None and fault.kind == "flip_request":
+            flip = _flip_offset(fault, req_length if not req_chunked else 0)
+            if flip is None:
+                self._unapplied(record, fault)
         sending: asyncio.Future[None] | None = asyncio.ensure_future(
-            _copy_request_body(creader, uwriter, req_length, req_chunked))
+            _copy_request_body(creader, uwriter, req_length, req_chunked, flip))
         expect = (req.get("expect") or "").lower() == "100-continue"
         continued = False
         try:
@@ -505,6 +521,12 @@ class FaultProxy:
                 sending.cancel()
                 with contextlib.suppress(BaseException):
                     await sending
+
+    def _unapplied(self, record: Exchange, fault: Fault) -> None:
+        """The fault found nothing to act on (no body): not counted as injected."""
+        record.fault = None
+        with self._lock:
+            self.injected[fault.kind] -= 1
 
     @staticmethod
     async def _cut(fault: Fault, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter,
@@ -616,6 +638,11 @@ class FaultProxy:
                 limit = int(fault.fraction * size) if size else 0
             else:
                 limit = self.rng.randrange(1 << 16)
+        flip = None
+        if kind == "flip" and fault is not None:
+            flip = None if no_body or chunked else _flip_offset(fault, size or 0)
+            if flip is None:
+                self._unapplied(record, fault)
         if kind == "delay" and await _hold(creader, fault.seconds):  # type: ignore[union-attr]
             raise _Drop  # the client gave up waiting
         keep_up = "close" not in (resp.get("connection") or "").lower()
@@ -628,7 +655,7 @@ class FaultProxy:
         record.stage = "body"
         cwriter.write(resp.encode())
         await cwriter.drain()
-        out = _Out(cwriter, limit, record)
+        out = _Out(cwriter, limit, record, flip)
         try:
             if not no_body:
                 await _copy_response_body(ureader, out, size, chunked)
@@ -664,12 +691,33 @@ class _Sink:
 
 
 async def _copy_request_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                             length: int, chunked: bool) -> None:
+                             length: int, chunked: bool, flip: int | None = None) -> None:
+    sent = 0
+
     async def write(data: bytes) -> None:
+        nonlocal sent
+        if flip is not None and sent <= flip < sent + len(data):
+            data = _flipped(data, flip - sent)
+        sent += len(data)
         writer.write(data)
         await writer.drain()
 
     await _copy_body(reader, write, length, chunked)
+
+
+def _flip_offset(fault: Fault, size: int) -> int | None:
+    """Which byte of a ``size``-byte body a flip inverts; None for an empty body."""
+    if size <= 0:
+        return None
+    offset = fault.after if fault.after is not None else int(fault.fraction * size)
+    return min(max(offset, 0), size - 1)
+
+
+def _flipped(data: bytes, index: int) -> bytes:
+    """``data`` with the byte at ``index`` inverted."""
+    out = bytearray(data)
+    out[index] ^= 0xFF
+    return bytes(out)
 
 
 async def _copy_response_body(reader: asyncio.StreamReader, out: _Out, size: int | None,

@@ -10,6 +10,13 @@ the default ``dcp_optimized`` reader each file's byte ranges are coalesced into 
 GETs whose tensor bytes land straight in the destination tensors; each item's zip header
 arrives in the same GET and is checked before the tensor is committed. ``sequential()``
 and ``range_based()`` read the files one after another through that reader instead.
+
+Integrity: the writer records each item's CRC32C (of the bytes as stored) in the metadata
+(``Metadata.aisio_checksums``: {"algorithm", "items": {index: CRC}}; torch's own reader
+ignores it). ``verify(url)`` (and ``aisio verify URL``) reads every file without loading
+anything and checks each item's bytes against it, and every item's place against the
+files' sizes. A load checks the items it reads whole; tensors that land in place are
+checked by their zip header only (their trailer is never read): ``verify`` covers them.
 """
 
 from __future__ import annotations
@@ -48,15 +55,14 @@ from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
-from .. import _bridge
+from .. import _bridge, _checksum
 from .._buffers import writable_view
 from .._client import AsyncClient
 from .._config import ClientConfig
-from ..errors import first_error
 from .._planner import coalesce
 from .._readers import ReaderConstructor
 from .._url import parse_url
-from ..errors import AisioError, InvalidURLError, ObjectNotFoundError, RangeError
+from ..errors import AisioError, IntegrityError, InvalidURLError, ObjectNotFoundError, RangeError, first_error
 from . import _dcp_layout as layout
 from ._checkpoint import compat_config
 from ._datasets import client_for
@@ -78,6 +84,9 @@ __all__ = [
     "StorageReader",
     "StorageWriter",
     "UrlFileSystem",
+    "VerifyReport",
+    "averify",
+    "verify",
 ]
 
 # torch's own class: .metadata files pickle it, so both sides must use the same one
@@ -87,6 +96,8 @@ _SUFFIX = ".distcp"
 _DCP_VERSION = getattr(_torch_fs, "CURRENT_DCP_VERSION", "1.0.0")
 _WHOLE_GET = 2**50  # part size of the scatter client: the reader cuts spans itself
 _SMALL_WRITE = 1 << 20  # torch.save's small writes are gathered up to this before a hop
+_CHECKSUMS = "aisio_checksums"  # the Metadata attribute with the items' CRCs
+_ITEM_CRC = "_aisio_crc"  # carries an item's CRC on its _StorageInfo from write_data to finish
 
 
 def _join(base: str, name: str) -> str:
@@ -330,15 +341,20 @@ class _FilePrefix:
 class _UploadStream:
     """What torch.save writes into: gathers its small writes, so each costs no loop-thread hop."""
 
-    def __init__(self, writer: _bridge.Writer) -> None:
+    def __init__(self, writer: _bridge.Writer, algorithm: str) -> None:
         self._writer = writer
         self._pending = bytearray()
+        self.algorithm = algorithm
+        self._hash = _checksum.function(algorithm)
+        self.crc = 0
+        """The CRC of everything written so far (items' CRCs are cut out of it)."""
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
+        self.crc = self._hash(view, self.crc)
         if len(self._pending) + len(view) < _SMALL_WRITE:
             self._pending += view
             return len(view)
@@ -648,7 +664,8 @@ class StorageWriter(_CheckpointURL, _storage.StorageWriter, AsyncStager):
     def _write_file(self, name: str, items: list[WriteItem], planner: SavePlanner) -> list[WriteResult]:
         """Serialize ``items`` (byte items first, as torch does) into one uploaded object."""
         url = _join(self.url, name)
-        stream = _UploadStream(self.client.writer(url, max_in_flight=self.max_in_flight))
+        stream = _UploadStream(self.client.writer(url, max_in_flight=self.max_in_flight),
+                               _checksum.upload_algorithm())
         results = []
         try:
             for item in items:
@@ -670,7 +687,7 @@ class StorageWriter(_CheckpointURL, _storage.StorageWriter, AsyncStager):
     def _write_item(self, stream: _UploadStream, name: str, item: WriteItem,
                     data: torch.Tensor | memoryview) -> WriteResult:
         """One item at the stream's end, through the extensions' transforms if there are any."""
-        offset = stream.tell()
+        offset, before = stream.tell(), stream.crc
         target: Any = stream
         for ex in self.extensions:
             target = ex.transform_to(target if target is not stream else _Unclosable(stream))
@@ -684,12 +701,24 @@ class StorageWriter(_CheckpointURL, _storage.StorageWriter, AsyncStager):
         info = (_StorageInfo(name, offset, length) if not self.extensions else _StorageInfo(
             name, offset, length,
             transform_descriptors=[ex.get_descriptor() for ex in reversed(self.extensions)]))
+        # the item's CRC: the stream's CRC after it, with the CRC before it cut out (XOR)
+        crc = _checksum.combine(stream.algorithm, before, stream.crc, length)
+        setattr(info, _ITEM_CRC, (stream.algorithm, crc))  # pickled with it to the coordinator
         return WriteResult(index=item.index, size_in_bytes=length, storage_data=info)
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """Write ``.metadata`` in one PUT, after every rank's files are complete."""
         metadata.version = _DCP_VERSION
         metadata.storage_data = {r.index: r.storage_data for rs in results for r in rs}
+        crcs: dict[Any, int] = {}
+        algorithms = set()
+        for index, info in metadata.storage_data.items():
+            carried = vars(info).pop(_ITEM_CRC, None)  # the stored _StorageInfo stays torch's
+            if carried is not None:
+                algorithms.add(carried[0])
+                crcs[index] = carried[1]
+        if len(algorithms) == 1 and len(crcs) == len(metadata.storage_data):
+            setattr(metadata, _CHECKSUMS, {"algorithm": algorithms.pop(), "items": crcs})
         metadata.storage_meta = self.storage_meta()
         url = self._own_metadata()
         self.client.put(url, pickle.dumps(metadata))
@@ -783,6 +812,7 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
         self.storage_data: dict[Any, Any] = {}
         self._raw_metadata: dict[str, bytes] = {}
         self._chunks: dict[tuple[str, tuple[int, ...]], tuple[torch.dtype, tuple[int, ...]]] = {}
+        self._checksums: tuple[str, dict[Any, int]] | None = None
         self._stats = LoadStatistics()
 
     def __repr__(self) -> str:
@@ -840,6 +870,7 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
         if metadata.storage_data is None:
             raise ValueError(f"the metadata of {self.url} has no storage_data")
         self.metadata, self.storage_data = metadata, metadata.storage_data
+        self._checksums = _item_checksums(metadata)
         self._chunks.clear()
         for fqn, md in metadata.state_dict_metadata.items():
             if isinstance(md, TensorStorageMetadata):
@@ -887,6 +918,9 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
                 stored.mode, stored.data = "whole", bytearray(stored.info.length)
         if refetch:
             self._fetch(refetch, check_sizes=False)
+        for index, stored in by_index.items():
+            if stored.mode == "whole":
+                self._check_item(index, stored)
         for items in files.values():
             for stored in items:
                 self._commit(stored, planner)
@@ -935,6 +969,16 @@ class StorageReader(_CheckpointURL, _storage.StorageReader):
         assert stored.dtype is not None
         return (header is not None and header.data_start == stored.data_start
                 and header.is_plain(stored.dtype, stored.shape))
+
+    def _check_item(self, index: Any, stored: _Stored) -> None:
+        """An item read whole must have the CRC the writer recorded (if it recorded one)."""
+        if self._checksums is None or index not in self._checksums[1]:
+            return
+        algorithm, crcs = self._checksums
+        got = _checksum.function(algorithm)(stored.data, 0)
+        if got != crcs[index]:
+            url = _join(self.url, stored.info.relative_path)
+            raise _corrupt_item(url, index, stored.info, algorithm, crcs[index], got)
 
     def _commit(self, stored: _Stored, planner: LoadPlanner) -> None:
         """Hand the item to the planner: bytes to load_bytes, tensors copied in and committed."""
@@ -1090,6 +1134,28 @@ def _unpickled_metadata(raw: bytes, url: str) -> Metadata:
     return metadata
 
 
+def _item_checksums(metadata: Metadata) -> tuple[str, dict[Any, int]] | None:
+    """(algorithm, {index: CRC}) that aisio's writer recorded, if it did and it can be computed."""
+    recorded = getattr(metadata, _CHECKSUMS, None)
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("items"), dict):
+        return None
+    algorithm = recorded.get("algorithm")
+    try:
+        _checksum.function(str(algorithm))
+    except ValueError:
+        return None
+    return str(algorithm), recorded["items"]
+
+
+def _corrupt_item(url: str, index: Any, info: Any, algorithm: str, expected: int,
+                  got: int) -> IntegrityError:
+    return IntegrityError(
+        f"checkpoint file {url}: item {index.fqn} (bytes {info.offset} to "
+        f"{info.offset + info.length}) does not match the {algorithm} the checkpoint recorded "
+        f"({expected:08x}, read {got:08x}): the file is corrupt", url=url, algorithm=algorithm,
+        expected=f"{expected:08x}", actual=f"{got:08x}")
+
+
 def _truncated(url: str, size: int, need: int, checkpoint: str) -> RangeError:
     return RangeError(f"checkpoint file {url} is truncated: it has {size} bytes but the "
                       f"metadata of {checkpoint} expects {need}", url=url)
@@ -1123,6 +1189,154 @@ def _copy_into(target: torch.Tensor, src: torch.Tensor, req: ReadItem) -> None:
         raise ValueError(f"{req.storage_index.fqn}: destination has size {tuple(target.shape)} "
                          f"but the checkpoint holds {tuple(src.shape)}")
     target.copy_(src)
+
+
+# ---------------------------------------------------------------------------- verify
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` checked of a checkpoint: files, items, bytes read, and what was wrong.
+
+    ``checksummed`` items were compared with the CRC the writer recorded; the rest (a
+    checkpoint written by torch's own writer, or by an older aisio) only with their sizes.
+    """
+
+    url: str
+    files: int = 0
+    items: int = 0
+    checksummed: int = 0
+    bytes_read: int = 0
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+_VERIFY_CHUNK = 8 * 2**20  # bytes a file is read by, hashed into the items they belong to
+_VERIFY_FILES = 4  # files read at once
+_MAX_LISTED = 20  # problems named in the error's message
+
+
+def verify(url: str | os.PathLike[str], config: ClientConfig | None = None, *,
+           rank: int | None = None) -> VerifyReport:
+    """Check a DCP checkpoint without loading it: every ``.distcp`` file is read front to back
+    and each item's bytes are compared with what the metadata says.
+
+    Every file the metadata names must exist and hold each item's byte range; an item with a
+    CRC recorded by aisio's writer must have that CRC; a whole file read from a store that
+    keeps its checksum is also checked against it. Raises IntegrityError listing what is
+    wrong (missing or short files too), else returns the ``VerifyReport``. ``rank``: the
+    metadata of a checkpoint saved without collectives (``__{rank}.metadata``).
+    """
+    client = client_for(config if config is not None else ClientConfig.from_env())
+    report = _bridge.run(averify, client.aclient, os.fspath(url), rank)
+    return report
+
+
+async def averify(client: AsyncClient, url: str, rank: int | None = None) -> VerifyReport:
+    """``verify`` on an open AsyncClient (the ``aisio verify`` command's way)."""
+    name = _metadata_name(rank)
+    meta_url = _join(url, name)
+    try:
+        raw = await client.get(meta_url)
+    except ObjectNotFoundError as exc:
+        raise ObjectNotFoundError(f"no DCP checkpoint at {url}: {meta_url} does not exist",
+                                  url=meta_url) from exc
+    metadata = _unpickled_metadata(raw, meta_url)
+    if not isinstance(metadata.storage_data, dict):
+        raise CheckpointFormatError(f"{meta_url} has no storage_data", url=meta_url)
+    checksums = _item_checksums(metadata)
+    files: dict[str, list[tuple[Any, Any]]] = {}
+    for index, info in metadata.storage_data.items():
+        files.setdefault(info.relative_path, []).append((index, info))
+    problems: list[str] = []
+    totals = [0, 0]  # bytes read, items checksummed
+    limiter = anyio.Semaphore(_VERIFY_FILES)
+
+    async def one_file(path: str, items: list[tuple[Any, Any]]) -> None:
+        async with limiter:
+            file_url = _join(url, path)
+            try:
+                read, checked = await _verify_file(client, file_url, items, checksums)
+            except ObjectNotFoundError:
+                problems.append(f"{file_url}: missing (the metadata lists {len(items)} items in it)")
+                return
+            except IntegrityError as exc:  # the store's own checksum of the whole file
+                problems.append(str(exc))
+                return
+            except _Problems as found:
+                problems.extend(found.problems)
+                read, checked = found.read, found.checked
+            totals[0] += read
+            totals[1] += checked
+
+    async with anyio.create_task_group() as tg:
+        for path, items in sorted(files.items()):
+            tg.start_soon(one_file, path, items)
+    report = VerifyReport(url, len(files), len(metadata.storage_data), totals[1], totals[0],
+                          tuple(sorted(problems)))
+    if problems:
+        listed = "; ".join(report.problems[:_MAX_LISTED])
+        more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
+        error = IntegrityError(f"checkpoint {url} is damaged: {listed}{more}", url=url)
+        error.report = report  # type: ignore[attr-defined]
+        raise error
+    return report
+
+
+class _Problems(Exception):
+    """What was wrong with one file, and how much of it was read and checked (internal)."""
+
+    def __init__(self, problems: list[str], read: int, checked: int) -> None:
+        super().__init__(problems)
+        self.problems, self.read, self.checked = problems, read, checked
+
+
+async def _verify_file(client: AsyncClient, url: str, items: list[tuple[Any, Any]],
+                       checksums: tuple[str, dict[Any, int]] | None) -> tuple[int, int]:
+    """Read one file front to back, hashing each item's bytes; (bytes read, items checksummed).
+
+    Raises _Problems with what did not match (items past the end, wrong CRCs).
+    """
+    items = sorted(items, key=lambda pair: pair[1].offset)
+    crcs = checksums[1] if checksums is not None else {}
+    fn = _checksum.function(checksums[0]) if checksums is not None else None
+    running = {i: 0 for i, (index, _) in enumerate(items) if index in crcs}
+    problems: list[str] = []
+    buf = memoryview(bytearray(_VERIFY_CHUNK))
+    pos = first = 0  # first: the earliest item that may still get bytes
+    async with client.stream(url) as stream:
+        await stream.open()
+        size = stream.object_size
+        while True:
+            n = await stream.readinto(buf)
+            if n == 0:
+                break
+            end = pos + n
+            while first < len(items) and items[first][1].offset + items[first][1].length <= pos:
+                first += 1
+            for i in range(first, len(items)):
+                info = items[i][1]
+                if info.offset >= end:
+                    break
+                if fn is not None and i in running:
+                    lo, hi = max(info.offset, pos), min(info.offset + info.length, end)
+                    if lo < hi:
+                        running[i] = fn(buf[lo - pos:hi - pos], running[i])
+            pos = end
+    for i, (index, info) in enumerate(items):
+        if info.offset + info.length > size:
+            problems.append(f"{url}: item {index.fqn} (bytes {info.offset} to "
+                            f"{info.offset + info.length}) is past the end of the file "
+                            f"({size} bytes): the file is truncated")
+        elif i in running and checksums is not None and running[i] != crcs[index]:
+            problems.append(str(_corrupt_item(url, index, info, checksums[0], crcs[index],
+                                              running[i])))
+    if problems:
+        raise _Problems(problems, pos, len(running))
+    return pos, len(running)
 
 
 # ---------------------------------------------------------------------------- S3 connector names
