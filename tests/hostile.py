@@ -187,8 +187,10 @@ class HostileServer:
 
     def config(self, **overrides: Any) -> aisio.ClientConfig:
         """A config that reaches this server (keys given, so aisio signs S3 requests itself)."""
+        # throttle_timeout=1: a scripted 503 that never ends gives TransientError in seconds
         values: dict[str, Any] = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.05,
-                                  "read_timeout": 2.0, "connect_timeout": 2.0}
+                                  "read_timeout": 2.0, "connect_timeout": 2.0,
+                                  "throttle_timeout": 1.0}
         if self.flavor == "s3":
             values["s3"] = aisio.S3Options(
                 region="us-east-1", endpoint_url=self.url, force_path_style=True,

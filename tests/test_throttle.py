@@ -50,7 +50,8 @@ async def test_throttled_reads_slow_down_and_all_succeed(flavor: str) -> None:
     with hostile_server(flavor, bucket) as srv:
         for key, data in objects.items():
             srv.put(key, data)
-        clients = [aisio.AsyncClient(srv.config(max_attempts=3, max_concurrency=8))
+        clients = [aisio.AsyncClient(srv.config(max_attempts=3, max_concurrency=8,
+                                                throttle_timeout=300.0))
                    for _ in range(4)]
         got: list[dict[str, bytes]] = [{} for _ in clients]
 
