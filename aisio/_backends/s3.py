@@ -182,7 +182,7 @@ class S3Backend:
         self._secrets = tuple(s for s in (opts.secret_access_key, opts.session_token) if s)
         self._where = _addressing(config)
         self._sdk = SDK(config, self._policy, self._secrets) if self._where is None else None
-        self._creds = None if opts.unsigned else CredentialSource(opts)
+        self._creds = None if opts.unsigned or self._sdk is not None else CredentialSource(opts)
         self._signer: tuple[Credentials, Signer] | None = None
         self._payer = {"x-amz-request-payer": "requester"} if opts.requester_pays else {}
 
@@ -219,7 +219,9 @@ class S3Backend:
         if self._signer is None or self._signer[0] is not creds:
             assert self._where is not None
             self._signer = (creds, Signer(creds.key_id, creds.secret, self._where[1], creds.token))
-            self._secrets = tuple({*self._secrets, creds.secret, *([creds.token] if creds.token else [])})
+            opts = self._config.s3  # the secrets to scrub from server text: given and current
+            known = {opts.secret_access_key, opts.session_token, creds.secret, creds.token}
+            self._secrets = tuple(s for s in known if s)
         lifetime = _PRESIGN_SECONDS
         if creds.expires is not None:  # a URL signed by temporary keys dies with them
             lifetime = max(1, min(lifetime, int(creds.expires - time.time())))
