@@ -174,7 +174,7 @@ def brief(unit: str, run: dict[str, Any]) -> str:
     if "goodput_share" in run:
         text += (f"  {run['goodput_share']:.0%} of allowed, 503s {run['throttled_share']:.0%}, "
                  f"clients {run['min_share']:.2f}-{run['max_share']:.2f} of fair, "
-                 f"failed {run['failed_reads']}")
+                 f"failed {run['failed_reads']} ({run['failed_share']:.1%})")
     return text
 
 

@@ -283,7 +283,8 @@ SCENARIOS = {
                  ("max_share", "max client / fair", "{:.2f}", 1.0),
                  ("goodput_share_2nd_half", "2nd half: of allowed", "{:.0%}", 1.0),
                  ("min_share_2nd_half", "2nd half: min / fair", "{:.2f}", 1.0),
-                 ("failed_reads", "failed reads", "{:.0f}", 1.0))),
+                 ("failed_share", "reads failed", "{:.1%}", 1.0),
+                 ("stub_cpu", "stub CPU s", "{:.1f}", 1.0))),
 }
 
 

@@ -64,6 +64,7 @@ def _fleet(kind: str, p: Params, section: Section) -> dict[str, Any]:
             if line.strip() != "ready":
                 raise RuntimeError(f"a {kind} client did not start: {proc.stderr.read()[-800:]}")  # type: ignore[union-attr]
         control(p["endpoint"], "/_reset")
+        cpu0 = control(p["endpoint"], "/_stats")["cpu"]
         start = time.monotonic() + 0.3
         with section:
             for proc in procs:
@@ -83,6 +84,7 @@ def _fleet(kind: str, p: Params, section: Section) -> dict[str, Any]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    stats["cpu"] -= cpu0
     return summarize(stats, start, p, reports)
 
 
@@ -114,6 +116,8 @@ def summarize(stats: dict[str, Any], start: float, p: Params, reports: list[dict
     per_client2 = [ok2[c] / (seconds / 2) for c in sorted(ok2)]
     total = sum(ok.values())
     total2 = sum(ok2.values())
+    failed = sum(r["failed"] for r in reports)
+    read = sum(r["ok"] for r in reports)
     return {
         "goodput": total / seconds, "allowed": rate,
         "goodput_share": total / seconds / rate,
@@ -124,10 +128,11 @@ def summarize(stats: dict[str, Any], start: float, p: Params, reports: list[dict
         "min_share_2nd_half": min(per_client2) / fair,
         "throttled_share_2nd_half": throttled2 / max(1, throttled2 + total2),
         "per_client": per_client,
-        "failed_reads": sum(r["failed"] for r in reports),
-        "client_reads": sum(r["ok"] for r in reports),
+        "failed_reads": failed,
+        "client_reads": read,
+        "failed_share": failed / max(1, failed + read),
         "errors": sorted({e for r in reports for e in r["errors"]})[:5],
-        "stub_cpu": stats["cpu"],
+        "stub_cpu": stats["cpu"],  # the stub's CPU seconds over the run
         "bytes": total * p["size"],
     }
 
