@@ -38,7 +38,7 @@ def metadata_of(store: Store, url: str) -> Any:
         return pickle.loads(client.get(f"{url}/.metadata"))
 
 
-def damage(store: Store, url: str, offset_of: Any) -> tuple[str, str]:
+def damage(store: Store, url: str, offset_of: Any) -> str:
     """Invert one byte of a stored file, chosen by ``offset_of(metadata)`` -> (file, offset);
     the object is rewritten whole, so the store's own checksum is of the damaged bytes."""
     path, offset = offset_of(metadata_of(store, url))
@@ -47,12 +47,12 @@ def damage(store: Store, url: str, offset_of: Any) -> tuple[str, str]:
         data = bytearray(client.get(victim))
         data[offset] ^= 0xFF
         client.put(victim, bytes(data))
-    return victim, path
+    return victim
 
 
 def payload_byte(md: Any) -> tuple[str, int]:
     """The middle byte of the largest tensor's item (its payload, landed in place on load)."""
-    index, info = max(md.storage_data.items(), key=lambda kv: kv[1].length)
+    info = max(md.storage_data.values(), key=lambda i: i.length)
     return info.relative_path, info.offset + info.length // 2
 
 
@@ -96,7 +96,7 @@ def test_an_intact_checkpoint_verifies(store: Store, tmp_path: Path) -> None:
 
 def test_a_flipped_byte_is_caught_by_verify(store: Store) -> None:
     url = saved(store)
-    victim, path = damage(store, url, payload_byte)
+    victim = damage(store, url, payload_byte)
     with pytest.raises(IntegrityError) as info:
         verify(url, store.config)
     message = str(info.value)
@@ -106,7 +106,7 @@ def test_a_flipped_byte_is_caught_by_verify(store: Store) -> None:
     # a load lands that payload in place (checked by its zip header, not read whole): the
     # bytes come back wrong, which is what verify is for; damage to an item read whole...
     url2 = saved(store, "ckpt2")
-    victim, _ = damage(store, url2, bytes_item_byte)
+    victim = damage(store, url2, bytes_item_byte)
     with pytest.raises(CheckpointException) as raised:
         load(blank(), storage_reader=StorageReader(url2, store.config))
     error = rank_error(raised.value)
