@@ -2,10 +2,8 @@
 
 The same classes s3fs and gcsfs run, here on local files, on S3 (moto) and on the
 AIS-protocol server, all on loopback. Directories are prefixes, so the suite runs with
-``supports_empty_directories`` off, as it does for s3fs. To keep this file near 40 s,
-``AISIO_FSSPEC_FULL=1`` alone runs the glob edge cases on AIS (fsspec's glob over the
-listing code that S3 and local files run them on) and the put glob edge cases on S3 (there
-the glob runs on fsspec's local filesystem; the put side is what the other put tests check).
+``supports_empty_directories`` off, as it does for s3fs. Every case runs on every store
+(about 80 s in all; the glob edge cases are most of it).
 """
 
 from __future__ import annotations
@@ -56,11 +54,6 @@ class _File(_Fixtures):
 
 
 class _S3(_Fixtures):
-    @pytest.fixture(autouse=True)
-    def _put_glob_edge_cases_on_request(self, request: pytest.FixtureRequest) -> None:
-        if "put_glob_edge_cases" in request.node.name and os.environ.get("AISIO_FSSPEC_FULL") != "1":
-            pytest.skip("put glob edge cases glob the local side; AISIO_FSSPEC_FULL=1 runs them on s3")
-
     @pytest.fixture
     def fs(self, s3_server: Any) -> Iterator[aisio.fsspec.AisioFileSystem]:
         # s3fs's options, as its users write them
@@ -76,11 +69,6 @@ class _S3(_Fixtures):
 
 
 class _AIS(_Fixtures):
-    @pytest.fixture(autouse=True)
-    def _glob_edge_cases_on_request(self, request: pytest.FixtureRequest) -> None:
-        if "glob_edge_cases" in request.node.name and os.environ.get("AISIO_FSSPEC_FULL") != "1":
-            pytest.skip("glob edge cases run on file and s3; AISIO_FSSPEC_FULL=1 runs them on ais too")
-
     @pytest.fixture
     def fs(self, ais_server: Any) -> Iterator[aisio.fsspec.AISFileSystem]:
         fs = aisio.fsspec.AISFileSystem(endpoint=ais_server.endpoint)
