@@ -86,7 +86,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None,
               rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait before try number ``attempt + 1`` (``attempt`` >= 1 tries done)."""
-        backoff: float = rand() * min(self.cap, self.base * 2.0 ** (attempt - 1))
+        backoff: float = rand() * min(self.cap, self.base * 2.0 ** min(attempt - 1, 64))  # no overflow
         if retry_after is not None:
             return max(backoff, min(retry_after, self.cap))
         return backoff

@@ -120,3 +120,10 @@ def test_sustained_throttling_cuts_the_rate_once_per_window_and_it_grows_back() 
         now[0] += 0.01
         pace.succeeded()
     assert not pace.limited or pace.rate > first
+
+
+def test_backoff_after_thousands_of_throttles_stays_capped() -> None:
+    from aisio._retry import RetryPolicy
+
+    policy = RetryPolicy(base=0.01, cap=0.05)
+    assert all(0 <= policy.delay(n, rand=lambda: 1.0) <= 0.05 for n in (1, 100, 1100, 10**6))
