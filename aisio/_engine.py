@@ -458,7 +458,7 @@ class Stream:
             if n == 0 or self.position >= (self.object_size if self.end is None else self.end):
                 await self.aclose()  # the range is done: free its connection now
             if self._hasher is not None:
-                await self._hashed(view, n)
+                self._hashed(view, n)
             return n
 
     def _start_hashing(self, body: Body) -> None:
@@ -468,17 +468,13 @@ class Stream:
         if checksum is not None and self.end == self.object_size:
             self._hasher = checksum.hasher()
             if self._hasher is not None and self.object_size == 0:
-                checksum.check(self.loc.url, self._hasher.value)
-                self._hasher = None
+                self._hashed(_EMPTY, 0)
 
-    async def _hashed(self, view: memoryview, n: int) -> None:
-        """Hash the ``n`` bytes just read (a large read in a worker thread, off the event
-        loop: a DCP file read whole comes in tensor-sized views); at the end, check them."""
+    def _hashed(self, view: memoryview, n: int) -> None:
+        """Hash the ``n`` bytes just read; at the end of the object, check them."""
         hasher = self._hasher
         assert hasher is not None and self.object_checksum is not None
-        if n >= _HASH_OFF_LOOP:
-            await anyio.to_thread.run_sync(hasher.update, view[:n])
-        elif n:
+        if n:
             hasher.update(view[:n])
         if self.position >= self.object_size:
             self._hasher = None
