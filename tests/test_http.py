@@ -898,7 +898,8 @@ async def test_a_head_trickled_byte_by_byte_times_out(server: Server) -> None:
 async def test_request_timeout_bounds_a_body_that_trickles(server: Server) -> None:
     with pytest.raises(ValueError):
         HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=1, request_timeout=0)
-    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=1,
+    # read_timeout well above the gaps, so a loaded machine's late piece cannot trip it first
+    async with HTTPPool(max_connections_per_host=1, connect_timeout=5, read_timeout=3,
                         request_timeout=0.5) as pool:
         # the last 10 bytes 0.15 s apart: never idle for read_timeout, over request_timeout
         resp = await pool.request("GET", server.url("/trickle?n=3000&gap=0.15"))
