@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .._checksum import Checksum
     from .._http import Response
 
-__all__ = ["Backend", "Body", "HTTPBody", "Upload", "checked_size", "unsatisfied_size",
+__all__ = ["Backend", "Body", "HTTPBody", "Upload", "checked_size", "new_token", "unsatisfied_size",
            "untrusted_certificate"]
 
 
@@ -128,6 +128,19 @@ class HTTPBody:
 
 _TOTAL = re.compile(r"bytes \*/([0-9]{1,19})")
 _LENGTH = re.compile(r"[0-9]{1,19}")
+
+
+def new_token(loc: Location, seen: set[str], token: str) -> str:
+    """``token``, remembered in ``seen``; a token a listing already gave is a RequestError.
+
+    A server that sends a listing round in circles would otherwise never let it end.
+    """
+    if token in seen:
+        from ..errors import RequestError
+
+        raise RequestError(f"{loc.url}: the listing repeated a continuation token", url=loc.url)
+    seen.add(token)
+    return token
 
 
 def unsatisfied_size(headers: Mapping[str, str]) -> int:

@@ -21,7 +21,7 @@ from .._retry import RetryPolicy, retrying
 from .._types import ObjectInfo
 from .._url import Location
 from ..errors import AccessDeniedError, AisioError, RequestError
-from ._base import untrusted_certificate
+from ._base import new_token, untrusted_certificate
 from ._s3xml import status_error
 
 __all__ = ["SDK"]
@@ -219,11 +219,7 @@ class SDK:
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
-            if token in seen:  # a server that sends us round in circles: never ends otherwise
-                raise RequestError(f"{loc.url}: the listing repeated a continuation token",
-                                   url=loc.url)
-            seen.add(token)
-            params["ContinuationToken"] = token
+            params["ContinuationToken"] = new_token(loc, seen, token)
 
     async def presign_get(self, loc: Location, expires: int) -> str:
         client = await self.client()

@@ -69,7 +69,7 @@ from ..errors import (
     RangeError,
     RequestError,
 )
-from ._base import HTTPBody, checked_size, unsatisfied_size, untrusted_certificate
+from ._base import HTTPBody, checked_size, new_token, unsatisfied_size, untrusted_certificate
 
 __all__ = ["AISBackend"]
 
@@ -484,10 +484,7 @@ class AISBackend:
             uuid, token = data["uuid"], data["token"]
             if not token:
                 return
-            if token in seen:  # a cluster that sends us round in circles: never ends otherwise
-                raise RequestError(f"{loc.url}: the listing repeated a continuation token",
-                                   url=loc.url)
-            seen.add(token)
+            new_token(loc, seen, token)
 
     async def open_body(
         self, loc: Location, start: int, end: int | None, *, etag: str | None = None,

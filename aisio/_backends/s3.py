@@ -48,7 +48,7 @@ from .._types import ObjectInfo
 from .._url import Location
 from ..errors import InvalidURLError, ObjectNotFoundError, RequestError
 from . import _s3xml
-from ._base import HTTPBody, Upload, checked_size
+from ._base import HTTPBody, Upload, checked_size, new_token
 from ._credentials import Credentials, CredentialSource
 from ._s3sdk import SDK
 from ._sigv4 import Signer, plain_bucket, unsigned_url
@@ -321,11 +321,7 @@ class S3Backend:
                 yield item
             if token is None:
                 return
-            if token in seen:  # a server that sends us round in circles: never ends otherwise
-                raise RequestError(f"{loc.url}: the listing repeated a continuation token",
-                                   url=loc.url)
-            seen.add(token)
-            query["continuation-token"] = token
+            query["continuation-token"] = new_token(loc, seen, token)
 
     async def object_checksum(self, loc: Location, etag: str | None) -> Checksum | None:
         """The stored full-object checksum of ``loc`` (a HEAD that asks for it), for a read made
